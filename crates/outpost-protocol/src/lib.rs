@@ -100,7 +100,13 @@ impl ErrorCode {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { error: ErrorDetail { code, message: message.into() }, committed: None }
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+            committed: None,
+        }
     }
 
     pub fn with_committed(mut self, committed: u64) -> Self {
@@ -198,12 +204,15 @@ impl fmt::Display for JobState {
 impl std::str::FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
-            format!(
-                "unknown job state `{s}` (expected one of: {})",
-                Self::ALL.map(JobState::as_str).join(", ")
-            )
-        })
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown job state `{s}` (expected one of: {})",
+                    Self::ALL.map(JobState::as_str).join(", ")
+                )
+            })
     }
 }
 
@@ -283,7 +292,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into() }
+        Self {
+            class,
+            message: message.into(),
+        }
     }
 }
 

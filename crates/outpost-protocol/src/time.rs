@@ -78,6 +78,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(Timestamp::parse("yesterday").unwrap_err().contains("yesterday"));
+        assert!(
+            Timestamp::parse("yesterday")
+                .unwrap_err()
+                .contains("yesterday")
+        );
     }
 }

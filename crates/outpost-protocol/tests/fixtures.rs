@@ -17,22 +17,36 @@ fn check<T>(name: &str, value: T)
 where
     T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
 {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.json"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.json"));
     let actual = serde_json::to_string_pretty(&value).expect("serializable") + "\n";
     if std::env::var_os("OUTPOST_BLESS").is_some() {
         std::fs::write(&path, &actual).expect("write fixture");
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("fixture {} missing ({e}); run with OUTPOST_BLESS=1", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "fixture {} missing ({e}); run with OUTPOST_BLESS=1",
+            path.display()
+        )
+    });
     assert_eq!(actual, expected, "wire form of `{name}` changed");
     let parsed: T = serde_json::from_str(&expected).expect("fixture parses");
-    assert_eq!(parsed, value, "fixture `{name}` does not parse back to the same value");
+    assert_eq!(
+        parsed, value,
+        "fixture `{name}` does not parse back to the same value"
+    );
 }
 
 #[test]
 fn error_bodies() {
-    check("error", ErrorBody::new(ErrorCode::NotFound, "job j_1 not found"));
-    check("error_log_gap", ErrorBody::new(ErrorCode::LogGap, "offset 10 is past 4").with_committed(4));
+    check(
+        "error",
+        ErrorBody::new(ErrorCode::NotFound, "job j_1 not found"),
+    );
+    check(
+        "error_log_gap",
+        ErrorBody::new(ErrorCode::LogGap, "offset 10 is past 4").with_committed(4),
+    );
 }
 
 #[test]
@@ -49,9 +63,20 @@ fn runner_side() {
     );
     check(
         "register_response",
-        RegisterResponse { runner_id: "r_abc".into(), lease_ttl_s: 60, heartbeat_interval_s: 20 },
+        RegisterResponse {
+            runner_id: "r_abc".into(),
+            lease_ttl_s: 60,
+            heartbeat_interval_s: 20,
+        },
     );
-    check("acquire_request", AcquireRequest { runner_id: "r_abc".into(), free_slots: 2, wait_s: 30 });
+    check(
+        "acquire_request",
+        AcquireRequest {
+            runner_id: "r_abc".into(),
+            free_slots: 2,
+            wait_s: 30,
+        },
+    );
     check(
         "acquire_response_inline",
         AcquireResponse {
@@ -59,7 +84,10 @@ fn runner_side() {
                 job_id: "j_1".into(),
                 lease_id: "l_1".into(),
                 lease_expires_at: ts(1_795_000_060_000),
-                spec: JobSpec { pipeline: Some("version: 1\n".into()), source: None },
+                spec: JobSpec {
+                    pipeline: Some("version: 1\n".into()),
+                    source: None,
+                },
                 labels: vec!["linux".into()],
                 variables: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
                 created_at: ts(1_795_000_000_000),
@@ -93,7 +121,10 @@ fn runner_side() {
         "heartbeat_request",
         HeartbeatRequest {
             runner_id: "r_abc".into(),
-            jobs: vec![HeldLease { job_id: "j_1".into(), lease_id: "l_1".into() }],
+            jobs: vec![HeldLease {
+                job_id: "j_1".into(),
+                lease_id: "l_1".into(),
+            }],
             wait_s: 20,
         },
     );
@@ -135,21 +166,49 @@ fn runner_side() {
         CompleteRequest {
             lease_id: "l_1".into(),
             result: JobResult::Failed,
-            failure: Some(Failure::new(FailureClass::Oom, "step `build` was killed: out of memory")),
+            failure: Some(Failure::new(
+                FailureClass::Oom,
+                "step `build` was killed: out of memory",
+            )),
             log_bytes: 4096,
         },
     );
-    check("complete_response", CompleteResponse { job_id: "j_1".into(), state: JobState::Failed });
+    check(
+        "complete_response",
+        CompleteResponse {
+            job_id: "j_1".into(),
+            state: JobState::Failed,
+        },
+    );
 }
 
 #[test]
 fn admin_side() {
-    check("create_org_request", CreateOrgRequest { name: "acme".into() });
-    check("create_org_response", CreateOrgResponse { name: "acme".into(), api_key: "opk_secret".into() });
-    check("create_runner_token_request", CreateRunnerTokenRequest { description: "builders".into() });
+    check(
+        "create_org_request",
+        CreateOrgRequest {
+            name: "acme".into(),
+        },
+    );
+    check(
+        "create_org_response",
+        CreateOrgResponse {
+            name: "acme".into(),
+            api_key: "opk_secret".into(),
+        },
+    );
+    check(
+        "create_runner_token_request",
+        CreateRunnerTokenRequest {
+            description: "builders".into(),
+        },
+    );
     check(
         "create_runner_token_response",
-        CreateRunnerTokenResponse { id: "t_1".into(), token: "oprt_secret".into() },
+        CreateRunnerTokenResponse {
+            id: "t_1".into(),
+            token: "oprt_secret".into(),
+        },
     );
     check(
         "runner_token_list",
@@ -185,7 +244,12 @@ fn admin_side() {
             variables: BTreeMap::from([("MODE".into(), "fast".into())]),
         },
     );
-    check("submit_job_response", SubmitJobResponse { job_id: "j_1".into() });
+    check(
+        "submit_job_response",
+        SubmitJobResponse {
+            job_id: "j_1".into(),
+        },
+    );
     check(
         "job_list",
         JobList {
@@ -204,7 +268,10 @@ fn admin_side() {
             job_id: "j_1".into(),
             state: JobState::Lost,
             failure: Some(Failure::new(FailureClass::RunnerLost, "lease expired")),
-            spec: JobSpec { pipeline: Some("version: 1\n".into()), source: None },
+            spec: JobSpec {
+                pipeline: Some("version: 1\n".into()),
+                source: None,
+            },
             labels: vec![],
             variables: BTreeMap::new(),
             runner_id: Some("r_abc".into()),
@@ -226,19 +293,29 @@ fn admin_side() {
     );
     check(
         "cancel_response",
-        CancelResponse { job_id: "j_1".into(), state: JobState::Running, cancel_requested: true },
+        CancelResponse {
+            job_id: "j_1".into(),
+            state: JobState::Running,
+            cancel_requested: true,
+        },
     );
 }
 
 #[test]
 fn every_job_state_and_failure_class_has_a_fixed_name() {
-    let states: Vec<String> = JobState::ALL.iter().map(|s| serde_json::to_string(s).unwrap()).collect();
+    let states: Vec<String> = JobState::ALL
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap())
+        .collect();
     assert_eq!(
         states.join(","),
         r#""queued","assigned","running","success","failed","cancelled","timed_out","error","lost""#
     );
     for state in JobState::ALL {
-        assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{}\"", state.as_str()));
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            format!("\"{}\"", state.as_str())
+        );
         assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
     }
     let classes = [
@@ -251,7 +328,10 @@ fn every_job_state_and_failure_class_has_a_fixed_name() {
         FailureClass::Infrastructure,
         FailureClass::RunnerLost,
     ];
-    let names: Vec<String> = classes.iter().map(|c| serde_json::to_string(c).unwrap()).collect();
+    let names: Vec<String> = classes
+        .iter()
+        .map(|c| serde_json::to_string(c).unwrap())
+        .collect();
     assert_eq!(
         names.join(","),
         r#""script","oom","image_pull","config","timeout","cancelled","infrastructure","runner_lost""#
@@ -260,14 +340,17 @@ fn every_job_state_and_failure_class_has_a_fixed_name() {
 
 #[test]
 fn requests_refuse_unknown_fields() {
-    let err = serde_json::from_str::<AcquireRequest>(r#"{"runner_id":"r","free_slots":1,"wait_s":1,"x":1}"#)
-        .unwrap_err();
+    let err = serde_json::from_str::<AcquireRequest>(
+        r#"{"runner_id":"r","free_slots":1,"wait_s":1,"x":1}"#,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("unknown field `x`"), "{err}");
 }
 
 #[test]
 fn unknown_error_codes_from_newer_hubs_parse() {
     let body: ErrorBody =
-        serde_json::from_str(r#"{"error":{"code":"brand_new","message":"m"},"extra":true}"#).unwrap();
+        serde_json::from_str(r#"{"error":{"code":"brand_new","message":"m"},"extra":true}"#)
+            .unwrap();
     assert_eq!(body.error.code, ErrorCode::Other);
 }
