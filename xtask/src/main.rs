@@ -1,9 +1,22 @@
-//! Project tasks, run as `cargo xtask <task>`.
+//! Project tasks, run as `cargo xtask <task>`:
+//! - `ci`: everything CI checks (format, lints, tests, dependency policy), in that order.
+//! - `test-images`: builds the Docker images the tests use, locally (no registry needed).
+//! - `bench`: measures the DESIGN.md §7 figures and prints them beside their targets.
+
+mod ci;
+
+use anyhow::bail;
 
 fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1);
+    let mut args = std::env::args().skip(1);
+    let task = args.next();
+    let rest: Vec<String> = args.collect();
     match task.as_deref() {
-        Some(other) => anyhow::bail!("unknown task `{other}`"),
-        None => anyhow::bail!("usage: cargo xtask <ci|bench|test-images>"),
+        Some("ci") => ci::run(&rest),
+        Some("-h" | "--help") | None => {
+            println!("usage: cargo xtask <task>\n\ntasks:\n  ci           format, lints, tests, dependency policy (what CI runs)\n  test-images  build the local Docker test images\n  bench        measure and print the DESIGN.md §7 figures");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}` (try `cargo xtask --help`)"),
     }
 }
