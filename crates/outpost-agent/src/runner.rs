@@ -78,7 +78,7 @@ pub async fn run<B: Backend>(args: RunnerArgs) -> Result<(), AgentError> {
 
     let client = HubClient::new(client_config(&config, token))
         .map_err(|e| AgentError::Config(e.to_string()))?;
-    let mut registry = Registry::with_prefix("outpost_runner");
+    let mut registry = Registry::default();
     let scheduler = Scheduler::new(scheduler_config(&config), client, executor, &mut registry)
         .map_err(|e| AgentError::Config(e.to_string()))?;
     let handle = scheduler.handle();

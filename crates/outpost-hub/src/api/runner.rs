@@ -1,0 +1,257 @@
+//! The runner side of the API: register, the acquire and heartbeat long-polls, log append, step
+//! upserts and completion. Every call is authenticated by a runner token and confined to the
+//! token's organization (anything of another org answers 404).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use outpost_protocol::{
+    AcquireRequest, AcquireResponse, CompleteRequest, CompleteResponse, HeartbeatRequest,
+    HeartbeatResponse, LogAppendResponse, RegisterRequest, RegisterResponse, StepInfo, StepUpdate,
+    Timestamp,
+};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::AppState;
+use super::extract::{ApiJson, ApiPath, ApiQuery, LogBody, RunnerAuth};
+use crate::error::ApiError;
+use crate::secret::new_id;
+use crate::store::{HeartbeatOutcome, NewLease, Org};
+
+fn check_wait(state: &AppState, wait_s: u64) -> Result<(), ApiError> {
+    let max = state.config.max_wait_s;
+    if wait_s > max {
+        return Err(ApiError::bad_request(format!(
+            "wait_s {wait_s} exceeds the maximum of {max} seconds"
+        )));
+    }
+    Ok(())
+}
+
+fn unprocessable(message: impl Into<String>) -> ApiError {
+    ApiError::new(outpost_protocol::ErrorCode::Unprocessable, message)
+}
+
+/// Checks a list of labels and removes duplicates, keeping the first occurrence.
+pub(crate) fn clean_labels(labels: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::with_capacity(labels.len());
+    for label in labels {
+        if label.is_empty() || label.chars().any(|c| c.is_whitespace() || c == ',') {
+            return Err(unprocessable(format!(
+                "invalid label {label:?}: labels are non-empty and contain no whitespace or commas"
+            )));
+        }
+        if !out.contains(&label) {
+            out.push(label);
+        }
+    }
+    Ok(out)
+}
+
+/// `POST /api/v1/runner/register`
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    RunnerAuth(org): RunnerAuth,
+    ApiJson(mut request): ApiJson<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    if request.name.trim().is_empty() {
+        return Err(unprocessable("runner name must not be empty"));
+    }
+    if request.executor.trim().is_empty() {
+        return Err(unprocessable("executor must not be empty"));
+    }
+    if request.capacity == 0 {
+        return Err(unprocessable("capacity must be at least 1"));
+    }
+    request.labels = clean_labels(request.labels)?;
+    let name = request.name.clone();
+    let runner_id = state
+        .store
+        .register_runner(org.id, new_id("r_"), request, Timestamp::now())
+        .await?;
+    tracing::info!(org = %org.name, runner = %runner_id, %name, "runner registered");
+    Ok(Json(RegisterResponse {
+        runner_id,
+        lease_ttl_s: state.config.lease_ttl_s,
+        heartbeat_interval_s: state.config.advertised_heartbeat_interval_s(),
+    }))
+}
+
+/// `POST /api/v1/runner/acquire`: answers `200 {job}` as soon as a matching job is queued, or
+/// `204` after `wait_s`.
+pub(crate) async fn acquire(
+    State(state): State<AppState>,
+    RunnerAuth(org): RunnerAuth,
+    ApiJson(request): ApiJson<AcquireRequest>,
+) -> Result<Response, ApiError> {
+    check_wait(&state, request.wait_s)?;
+    let runner = state
+        .store
+        .touch_runner(org.id, request.runner_id, Timestamp::now())
+        .await?;
+    if request.free_slots == 0 {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let deadline = Instant::now() + Duration::from_secs(request.wait_s);
+    // Registered before the first look at the queue, so an enqueue in between is not missed.
+    let waiter = state.acquire.register(org.id, runner.labels.clone());
+    loop {
+        let now = Timestamp::now();
+        let lease = NewLease {
+            lease_id: new_id("l_"),
+            now,
+            expires_at: Timestamp::from_unix_millis(
+                now.unix_millis()
+                    .saturating_add(state.config.lease_ttl_ms() as i64),
+            ),
+        };
+        if let Some(claimed) = state.store.claim_job(org.id, runner.clone(), lease).await? {
+            drop(waiter);
+            let waited = now
+                .unix_millis()
+                .saturating_sub(claimed.enqueued_at.unix_millis());
+            state
+                .metrics
+                .pickup_latency
+                .observe(waited.max(0) as f64 / 1000.0);
+            tracing::debug!(
+                org = %org.name, runner = %runner.runner_id, job = %claimed.assignment.job_id,
+                "job assigned"
+            );
+            return Ok(Json(AcquireResponse {
+                job: claimed.assignment,
+            })
+            .into_response());
+        }
+        tokio::select! {
+            () = waiter.woken() => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            () = state.stopping.cancelled() => break,
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn renew(
+    state: &AppState,
+    org: &Org,
+    request: &HeartbeatRequest,
+) -> Result<HeartbeatOutcome, ApiError> {
+    let now = Timestamp::now();
+    let expires_at = Timestamp::from_unix_millis(
+        now.unix_millis()
+            .saturating_add(state.config.lease_ttl_ms() as i64),
+    );
+    let outcome = state
+        .store
+        .heartbeat(
+            org.id,
+            request.runner_id.clone(),
+            request.jobs.clone(),
+            now,
+            expires_at,
+        )
+        .await?;
+    state.leases_expired(&outcome.expired);
+    Ok(outcome)
+}
+
+/// `POST /api/v1/runner/heartbeat`: renews the leases, then holds until a listed job gets a
+/// cancel request (or a lease is lost), or the hold ends; renews again when it answers.
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    RunnerAuth(org): RunnerAuth,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    check_wait(&state, request.wait_s)?;
+    let hold = Duration::from_millis(state.config.heartbeat_hold_ms(request.wait_s));
+    let waiter =
+        (!hold.is_zero()).then(|| state.heartbeats.register(request.runner_id.clone(), ()));
+    let outcome = renew(&state, &org, &request).await?;
+    let Some(waiter) = waiter else {
+        return Ok(Json(HeartbeatResponse {
+            jobs: outcome.statuses,
+        }));
+    };
+    if outcome.news {
+        return Ok(Json(HeartbeatResponse {
+            jobs: outcome.statuses,
+        }));
+    }
+    tokio::select! {
+        () = waiter.woken() => {}
+        () = tokio::time::sleep(hold) => {}
+        () = state.stopping.cancelled() => {}
+    }
+    drop(waiter);
+    let outcome = renew(&state, &org, &request).await?;
+    Ok(Json(HeartbeatResponse {
+        jobs: outcome.statuses,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OffsetQuery {
+    offset: u64,
+}
+
+/// `POST /api/v1/runner/jobs/{id}/log?offset=N`: raw bytes at offset N.
+pub(crate) async fn append_log(
+    State(state): State<AppState>,
+    RunnerAuth(org): RunnerAuth,
+    ApiPath(job_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OffsetQuery>,
+    LogBody(body): LogBody,
+) -> Result<Json<LogAppendResponse>, ApiError> {
+    let appended = state
+        .store
+        .append_log(org.id, job_id.clone(), query.offset, body, Timestamp::now())
+        .await?;
+    if appended.added > 0 {
+        state.metrics.log_bytes.inc_by(appended.added);
+        state.followers.wake(&job_id, |()| true);
+    }
+    Ok(Json(LogAppendResponse {
+        committed: appended.committed,
+    }))
+}
+
+/// `POST /api/v1/runner/jobs/{id}/steps`: upserts one step; answers the step as stored.
+pub(crate) async fn upsert_step(
+    State(state): State<AppState>,
+    RunnerAuth(org): RunnerAuth,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(step): ApiJson<StepUpdate>,
+) -> Result<Json<StepInfo>, ApiError> {
+    state
+        .store
+        .upsert_step(org.id, job_id, step.clone(), Timestamp::now())
+        .await?;
+    Ok(Json(StepInfo::from(step)))
+}
+
+/// `POST /api/v1/runner/jobs/{id}/complete` (idempotent).
+pub(crate) async fn complete(
+    State(state): State<AppState>,
+    RunnerAuth(org): RunnerAuth,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(request): ApiJson<CompleteRequest>,
+) -> Result<Json<CompleteResponse>, ApiError> {
+    let completed = state
+        .store
+        .complete_job(org.id, job_id.clone(), request, Timestamp::now())
+        .await?;
+    if completed.newly {
+        tracing::info!(org = %org.name, job = %job_id, state = %completed.state, "job completed");
+        state.job_ended(&job_id, completed.state);
+    }
+    Ok(Json(CompleteResponse {
+        job_id,
+        state: completed.state,
+    }))
+}
