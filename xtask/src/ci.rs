@@ -12,18 +12,38 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     step("format", cargo(&["fmt", "--all", "--check"]))?;
     step(
         "clippy",
-        cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
-    step("build binaries", cargo(&["build", "--workspace", "--bins", "--locked"]))?;
+    step(
+        "build binaries",
+        cargo(&["build", "--workspace", "--bins", "--locked"]),
+    )?;
     test_images()?;
     step(
         "tests",
-        cargo(&["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]),
+        cargo(&[
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ]),
     )?;
     if skip_deny {
         println!("xtask ci: dependency policy skipped (--no-deny)");
     } else {
-        step("dependency policy", cargo(&["deny", "check", "bans", "licenses", "sources"]))?;
+        step(
+            "dependency policy",
+            cargo(&["deny", "check", "bans", "licenses", "sources"]),
+        )?;
     }
     println!("xtask ci: all checks passed");
     Ok(())
@@ -39,9 +59,13 @@ fn test_images() -> anyhow::Result<()> {
     let reachable = matches!(&engine, Ok(out) if out.status.success());
     if !reachable {
         if std::env::var("OUTPOST_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            bail!("OUTPOST_REQUIRE_DOCKER=1 but the docker engine is not reachable; start it or unset the variable");
+            bail!(
+                "OUTPOST_REQUIRE_DOCKER=1 but the docker engine is not reachable; start it or unset the variable"
+            );
         }
-        println!("xtask ci: docker engine not reachable: test images not built, docker tests will be skipped");
+        println!(
+            "xtask ci: docker engine not reachable: test images not built, docker tests will be skipped"
+        );
         return Ok(());
     }
     step("test images", cargo(&["xtask", "test-images"]))
@@ -55,7 +79,9 @@ fn cargo(args: &[&str]) -> Command {
 
 fn step(name: &str, mut cmd: Command) -> anyhow::Result<()> {
     println!("xtask ci: {name}: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {name}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {name}"))?;
     if !status.success() {
         bail!("{name} failed ({status})");
     }

@@ -3,7 +3,9 @@
 //! - `test-images`: builds the Docker images the tests use, locally (no registry needed).
 //! - `bench`: measures the DESIGN.md §7 figures and prints them beside their targets.
 
+mod bench;
 mod ci;
+mod test_images;
 
 use anyhow::bail;
 
@@ -13,8 +15,12 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     match task.as_deref() {
         Some("ci") => ci::run(&rest),
+        Some("bench") => bench::run(&rest),
+        Some("test-images") => test_images::run(),
         Some("-h" | "--help") | None => {
-            println!("usage: cargo xtask <task>\n\ntasks:\n  ci           format, lints, tests, dependency policy (what CI runs)\n  test-images  build the local Docker test images\n  bench        measure and print the DESIGN.md §7 figures");
+            println!(
+                "usage: cargo xtask <task>\n\ntasks:\n  ci           format, lints, tests, dependency policy (what CI runs)\n  test-images  build the local Docker test images\n  bench        measure and print the DESIGN.md §7 figures"
+            );
             Ok(())
         }
         Some(other) => bail!("unknown task `{other}` (try `cargo xtask --help`)"),

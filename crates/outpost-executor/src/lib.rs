@@ -38,6 +38,11 @@ pub trait Executor: Send + Sync + 'static {
     /// The backend's name as registered with the hub: `process`, `docker`, `kubernetes`.
     fn kind(&self) -> &'static str;
 
+    /// Tells the backend this runner's id at the hub, as soon as registration answered and before
+    /// any [`running_jobs`](Executor::running_jobs) or [`sweep`](Executor::sweep): backends that
+    /// label what they create need it to tell their own leftovers from other runners'.
+    fn set_runner_id(&self, _runner_id: &str) {}
+
     /// Runs `job` to its end and returns how it ended.
     ///
     /// Steps run in order; [`StepPlan`] decides which run after a failure (`when`). For every step

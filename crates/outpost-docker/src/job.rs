@@ -1,0 +1,1097 @@
+//! One job on the engine: its network, volumes and services, then its steps one container each,
+//! and the reattachment of a step that a previous runner process started.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime};
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as EngineError;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, EndpointSettings, HostConfig, Mount, MountType,
+    NetworkCreateRequest, NetworkingConfig, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
+    ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+    UploadToContainerOptions, WaitContainerOptions,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use outpost_executor::{
+    CancellationToken, EventSender, ExecEvent, ExecutorError, JobOutcome, OutputStream,
+    PreparedJob, Resume, ServiceSpec, StepDecision, StepOutcome, StepPlan, StepSpec, humanize,
+    job_outcome,
+};
+use outpost_protocol::{Failure, FailureClass, JobResult, StepState};
+
+use crate::auth::{self, ImageRef};
+use crate::config::{PullPolicy, ResourceRequest, Resources};
+use crate::names::{JobNames, Kind, job_labels, labels, runner_filter};
+use crate::util::{engine_message, parse_rfc3339, status_of, unix_now};
+use crate::{Shared, workspace};
+
+type OutputFrames = Pin<Box<dyn Stream<Item = Result<LogOutput, EngineError>> + Send>>;
+
+/// Why a running step was stopped from outside.
+#[derive(Debug, Clone, Copy)]
+enum Interrupt {
+    Cancelled,
+    StepTimeout(Duration),
+    JobTimeout(Duration),
+}
+
+/// How a step ended, and whether it ended the whole job by running out of job time.
+struct StepEnd {
+    outcome: StepOutcome,
+    job_timed_out: bool,
+}
+
+impl StepEnd {
+    fn of(outcome: StepOutcome) -> Self {
+        Self {
+            outcome,
+            job_timed_out: false,
+        }
+    }
+}
+
+/// One run of one job. Dropping it (or the future of [`JobRun::run`]) leaves every container
+/// running: containers outlive the runner process by design, so that a restarted runner can
+/// reattach; cleanup happens only when the run ends.
+pub(crate) struct JobRun<'a> {
+    shared: &'a Shared,
+    job: &'a PreparedJob,
+    events: &'a EventSender,
+    cancel: &'a CancellationToken,
+    pub(crate) names: JobNames,
+    expires_at: u64,
+    job_deadline: Option<Instant>,
+    network: String,
+    /// (volume name, mount path) of the job's caches.
+    pub(crate) caches: Vec<(String, String)>,
+    workspace_ready: bool,
+    services_tried: bool,
+    pulled: HashSet<String>,
+}
+
+impl<'a> JobRun<'a> {
+    pub(crate) fn new(
+        shared: &'a Shared,
+        job: &'a PreparedJob,
+        events: &'a EventSender,
+        cancel: &'a CancellationToken,
+    ) -> Self {
+        let names = JobNames::new(&shared.config, &job.job_id);
+        let caches = job
+            .caches
+            .iter()
+            .map(|c| (names.cache(&job.cache_scope, &c.name), c.path.clone()))
+            .collect();
+        Self {
+            shared,
+            job,
+            events,
+            cancel,
+            network: names.network.clone(),
+            names,
+            expires_at: 0,
+            job_deadline: None,
+            caches,
+            workspace_ready: false,
+            services_tried: false,
+            pulled: HashSet::new(),
+        }
+    }
+
+    fn engine_err(&self, action: impl Into<String>, e: &EngineError) -> ExecutorError {
+        ExecutorError::Engine {
+            backend: "docker",
+            action: action.into(),
+            job_id: self.job.job_id.clone(),
+            message: engine_message(e),
+        }
+    }
+
+    async fn send(&self, event: ExecEvent) -> Result<(), ExecutorError> {
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| ExecutorError::EventsClosed {
+                job_id: self.job.job_id.clone(),
+            })
+    }
+
+    async fn finish(&self, index: u32, outcome: &StepOutcome) -> Result<(), ExecutorError> {
+        self.send(ExecEvent::StepFinished {
+            index,
+            at: SystemTime::now(),
+            outcome: outcome.clone(),
+        })
+        .await
+    }
+
+    fn labels(&self, kind: Kind) -> HashMap<String, String> {
+        job_labels(&self.job.runner_id, &self.job.job_id, self.expires_at, kind)
+    }
+
+    fn job_filter(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+        let mut extra = extra.to_vec();
+        extra.push((labels::JOB_ID, &self.job.job_id));
+        runner_filter(&self.job.runner_id, &extra)
+    }
+
+    /// Runs the job (or takes it over at `resume`) and returns its outcome.
+    pub(crate) async fn run(
+        &mut self,
+        resume: Option<Resume>,
+    ) -> Result<JobOutcome, ExecutorError> {
+        self.setup(resume.is_some()).await?;
+        let mut plan = StepPlan::new();
+        let mut outcomes = Vec::with_capacity(self.job.steps.len());
+        let mut job_timeout: Option<Failure> = None;
+        let mut cancelled = false;
+        let job = self.job;
+        for step in &job.steps {
+            if let Some(r) = resume
+                && step.index < r.step_index
+            {
+                // Reported by the previous runner process; only needed for the `when` rules.
+                let outcome = self.reconstruct(step, &plan).await?;
+                plan.record(&outcome);
+                outcomes.push(outcome);
+                continue;
+            }
+            cancelled |= self.cancel.is_cancelled();
+            if job_timeout.is_none()
+                && self.job_deadline.is_some_and(|d| Instant::now() >= d)
+                && let Some(t) = job.timeout
+            {
+                job_timeout = Some(job_timeout_failure(t));
+                plan.record_job_timeout();
+            }
+            if cancelled || plan.decide(step.when) == StepDecision::Skip {
+                let outcome = StepOutcome::skipped();
+                self.finish(step.index, &outcome).await?;
+                outcomes.push(outcome);
+                continue;
+            }
+            let end = match resume {
+                Some(r) if r.step_index == step.index => {
+                    self.resume_step(step, r.output_bytes).await?
+                }
+                _ => self.run_step(step).await?,
+            };
+            if end.job_timed_out
+                && let Some(t) = job.timeout
+            {
+                job_timeout = Some(job_timeout_failure(t));
+                plan.record_job_timeout();
+            }
+            plan.record(&end.outcome);
+            outcomes.push(end.outcome);
+        }
+        let mut outcome = job_outcome(&outcomes, job_timeout);
+        if cancelled && outcome.result != JobResult::Cancelled {
+            outcome = JobOutcome {
+                result: JobResult::Cancelled,
+                failure: Some(Failure::new(
+                    FailureClass::Cancelled,
+                    "the job was cancelled",
+                )),
+            };
+        }
+        Ok(outcome)
+    }
+
+    /// The network, the workspace volume and the cache volumes. A fresh run first removes what a
+    /// previous attempt of the same job may have left; a resumed run reuses it.
+    async fn setup(&mut self, resuming: bool) -> Result<(), ExecutorError> {
+        let docker = &self.shared.docker;
+        let now = unix_now();
+        self.expires_at = now + self.shared.config.default_expiry.as_secs();
+        if let Some(t) = self.job.timeout {
+            self.expires_at = now + t.as_secs();
+            self.job_deadline = Some(Instant::now() + t);
+        }
+        let existing = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(self.job_filter(&[(labels::KIND, Kind::Network.as_str())])),
+            }))
+            .await
+            .map_err(|e| self.engine_err("list networks", &e))?;
+        if resuming {
+            if let Some(net) = existing.first() {
+                self.network = net.id.clone().unwrap_or_else(|| self.network.clone());
+                // The original deadline, not a new one from now.
+                let original = net
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(labels::EXPIRES_AT))
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let (Some(exp), Some(_)) = (original, self.job.timeout) {
+                    self.expires_at = exp;
+                    self.job_deadline =
+                        Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)));
+                }
+            }
+            self.workspace_ready = docker.inspect_volume(&self.names.workspace).await.is_ok();
+            // The previous process started the services before its first step container.
+            self.services_tried = true;
+        } else {
+            crate::remove_job_resources(docker, &self.job.runner_id, &self.job.job_id, true).await;
+        }
+        if !resuming || existing.is_empty() {
+            let created = docker
+                .create_network(NetworkCreateRequest {
+                    name: self.names.network.clone(),
+                    driver: Some("bridge".to_owned()),
+                    labels: Some(self.labels(Kind::Network)),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    self.engine_err(format!("create network {}", self.names.network), &e)
+                })?;
+            self.network = created.id;
+        }
+        docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(self.names.workspace.clone()),
+                labels: Some(self.labels(Kind::Workspace)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.engine_err(format!("create volume {}", self.names.workspace), &e))?;
+        for (volume, _) in &self.caches {
+            let mut l = self.labels(Kind::Cache);
+            l.insert(labels::CACHE_SCOPE.to_owned(), self.job.cache_scope.clone());
+            if let Some(c) = self
+                .job
+                .caches
+                .iter()
+                .find(|c| self.names.cache(&self.job.cache_scope, &c.name) == *volume)
+            {
+                l.insert(labels::CACHE_NAME.to_owned(), c.name.clone());
+            }
+            // Creating an existing volume returns it unchanged: later jobs reuse the cache.
+            docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(volume.clone()),
+                    labels: Some(l),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.engine_err(format!("create cache volume {volume}"), &e))?;
+        }
+        let volumes: Vec<String> = self.caches.iter().map(|(v, _)| v.clone()).collect();
+        self.shared.cache_index.touch(&volumes, now).await;
+        Ok(())
+    }
+
+    /// Runs one step in a new container: image, workspace and services first (failures there are
+    /// the step's), then create, attach, start, stream, wait.
+    async fn run_step(&mut self, step: &StepSpec) -> Result<StepEnd, ExecutorError> {
+        let started = Instant::now();
+        self.send(ExecEvent::StepStarted {
+            index: step.index,
+            at: SystemTime::now(),
+        })
+        .await?;
+        let step_deadline = step.timeout.map(|t| started + t);
+        let job_deadline = self.job_deadline;
+        let job_timeout = self.job.timeout.unwrap_or_default();
+        let cancel = self.cancel.clone();
+        let prepared = tokio::select! {
+            r = self.prepare_step(step) => Ok(r?),
+            () = cancel.cancelled() => Err(Interrupt::Cancelled),
+            () = sleep_until(step_deadline) => {
+                Err(Interrupt::StepTimeout(step.timeout.unwrap_or_default()))
+            }
+            () = sleep_until(job_deadline) => Err(Interrupt::JobTimeout(job_timeout)),
+        };
+        let end = match prepared {
+            Ok(Ok(frames)) => {
+                self.drive(step, frames, 0, step_deadline, job_deadline)
+                    .await?
+            }
+            Ok(Err(failure)) => StepEnd::of(StepOutcome::failed(failure, None)),
+            Err(interrupt) => self.interrupted(step, interrupt),
+        };
+        self.finish(step.index, &end.outcome).await?;
+        Ok(end)
+    }
+
+    /// Everything before the step's container streams output. `Ok(Err(failure))` is the step's
+    /// own failure (image, services, limits, a command the image cannot start).
+    async fn prepare_step(
+        &mut self,
+        step: &StepSpec,
+    ) -> Result<Result<OutputFrames, Failure>, ExecutorError> {
+        let job = self.job;
+        let Some(image) = job.step_image(step) else {
+            return Ok(Err(Failure::new(
+                FailureClass::Config,
+                format!(
+                    "step `{}` has no image and the pipeline no default image",
+                    step.name
+                ),
+            )));
+        };
+        if let Err(f) = self.ensure_image(image).await {
+            return Ok(Err(f));
+        }
+        if !self.workspace_ready {
+            let helper = self
+                .shared
+                .config
+                .helper_image
+                .clone()
+                .unwrap_or_else(|| image.to_owned());
+            if let Err(f) = self.ensure_image(&helper).await {
+                return Ok(Err(f));
+            }
+            self.copy_workspace(&helper).await?;
+        }
+        if !self.services_tried {
+            self.services_tried = true;
+            for service in &job.services {
+                if let Err(f) = self.start_service(service).await? {
+                    return Ok(Err(f));
+                }
+            }
+        }
+        let resources = match self
+            .shared
+            .config
+            .resources_for(image, ResourceRequest::default())
+        {
+            Ok(r) => r,
+            Err(message) => return Ok(Err(Failure::new(FailureClass::Config, message))),
+        };
+        let name = self.names.step(step.index);
+        let mut labels = self.labels(Kind::Step);
+        labels.insert(labels::STEP_INDEX.to_owned(), step.index.to_string());
+        let env = job
+            .step_env(step)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut mounts = vec![volume_mount(
+            &self.names.workspace,
+            &job.container_workspace,
+        )];
+        mounts.extend(self.caches.iter().map(|(v, p)| volume_mount(v, p)));
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(vec!["sh".to_owned(), "-c".to_owned(), step.run.clone()]),
+            env: Some(env),
+            working_dir: Some(job.container_workspace.clone()),
+            labels: Some(labels),
+            tty: Some(false),
+            open_stdin: Some(false),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(self.host_config(mounts, resources)),
+            ..Default::default()
+        };
+        if let Err(message) = self.create_container(&name, body).await? {
+            return Ok(Err(Failure::new(
+                FailureClass::Config,
+                format!("step `{}` cannot be created: {message}", step.name),
+            )));
+        }
+        let attached = self
+            .shared
+            .docker
+            .attach_container(
+                &name,
+                Some(AttachContainerOptions {
+                    stream: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| self.engine_err(format!("attach to {name}"), &e))?;
+        if let Err(e) = self.shared.docker.start_container(&name, None).await {
+            return match status_of(&e) {
+                // The engine refused the container's command or config: the pipeline's fault.
+                Some(400..=499) | Some(500) => Ok(Err(Failure::new(
+                    FailureClass::Config,
+                    format!(
+                        "step `{}` could not start: {}",
+                        step.name,
+                        engine_message(&e)
+                    ),
+                ))),
+                _ => Err(self.engine_err(format!("start {name}"), &e)),
+            };
+        }
+        Ok(Ok(attached.output))
+    }
+
+    fn host_config(&self, mounts: Vec<Mount>, resources: Resources) -> HostConfig {
+        HostConfig {
+            init: Some(true),
+            network_mode: Some(self.network.clone()),
+            mounts: Some(mounts),
+            memory: resources.memory,
+            // No swap beyond the memory limit, so a limit means what it says.
+            memory_swap: resources.memory,
+            nano_cpus: resources.nano_cpus,
+            privileged: Some(resources.privileged),
+            ..Default::default()
+        }
+    }
+
+    /// Creates a container, replacing a stale one of the same name. A refusal of the
+    /// container's configuration (400: a relative cache path, say) is `Ok(Err(message))`.
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<Result<(), String>, ExecutorError> {
+        let docker = &self.shared.docker;
+        let options = || CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let mut created = docker.create_container(Some(options()), body.clone()).await;
+        if let Err(e) = &created
+            && status_of(e) == Some(409)
+        {
+            force_remove(docker, name).await;
+            created = docker.create_container(Some(options()), body).await;
+        }
+        match created {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if status_of(&e) == Some(400) => Ok(Err(engine_message(&e))),
+            Err(e) => Err(self.engine_err(format!("create {name}"), &e)),
+        }
+    }
+
+    /// Makes `image` available per the pull policy; a failure is the step's `image_pull`.
+    async fn ensure_image(&mut self, image: &str) -> Result<(), Failure> {
+        if self.pulled.contains(image) {
+            return Ok(());
+        }
+        let docker = &self.shared.docker;
+        let policy = self.shared.config.pull_policy;
+        if policy != PullPolicy::Always {
+            match docker.inspect_image(image).await {
+                Ok(_) => {
+                    self.pulled.insert(image.to_owned());
+                    return Ok(());
+                }
+                Err(e) if status_of(&e) == Some(404) => {
+                    if policy == PullPolicy::Never {
+                        return Err(Failure::new(
+                            FailureClass::ImagePull,
+                            format!(
+                                "image `{image}` is not present on the engine and the pull policy \
+                                 is `never`"
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    return Err(Failure::new(
+                        FailureClass::ImagePull,
+                        format!("cannot inspect image `{image}`: {}", engine_message(&e)),
+                    ));
+                }
+            }
+        }
+        let reference = ImageRef::parse(image);
+        let credentials = auth::credentials_for(
+            self.shared.docker_config_path.as_deref(),
+            &reference.registry,
+        )
+        .await
+        .map_err(|e| {
+            Failure::new(
+                FailureClass::ImagePull,
+                format!("cannot pull image `{image}`: {e}"),
+            )
+        })?;
+        let mut progress = docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(reference.from_image),
+                tag: reference.tag,
+                ..Default::default()
+            }),
+            None,
+            credentials,
+        );
+        while let Some(item) = progress.next().await {
+            let message = match item {
+                Ok(info) => match info.error_detail.and_then(|d| d.message) {
+                    Some(m) => m,
+                    None => continue,
+                },
+                Err(e) => engine_message(&e),
+            };
+            return Err(Failure::new(
+                FailureClass::ImagePull,
+                format!("cannot pull image `{image}`: {message}"),
+            ));
+        }
+        self.pulled.insert(image.to_owned());
+        Ok(())
+    }
+
+    /// Copies the checkout into the workspace volume through a container that is created (so the
+    /// volume is mounted) but never started: the image needs no binary at all.
+    async fn copy_workspace(&mut self, helper_image: &str) -> Result<(), ExecutorError> {
+        let dir = self.job.workspace.clone();
+        let workspace_err = |source| ExecutorError::Workspace {
+            job_id: self.job.job_id.clone(),
+            path: dir.clone(),
+            source,
+        };
+        if !workspace::has_content(&dir).await.map_err(workspace_err)? {
+            self.workspace_ready = true;
+            return Ok(());
+        }
+        let docker = &self.shared.docker;
+        let name = self.names.helper();
+        let body = ContainerCreateBody {
+            image: Some(helper_image.to_owned()),
+            // Never run; set so that images without a command can be used too.
+            cmd: Some(vec!["/outpost-helper-is-never-started".to_owned()]),
+            entrypoint: Some(Vec::new()),
+            labels: Some(self.labels(Kind::Helper)),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_owned()),
+                mounts: Some(vec![volume_mount(
+                    &self.names.workspace,
+                    &self.job.container_workspace,
+                )]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if let Err(message) = self.create_container(&name, body).await? {
+            return Err(ExecutorError::Engine {
+                backend: "docker",
+                action: format!("create the workspace helper {name}"),
+                job_id: self.job.job_id.clone(),
+                message,
+            });
+        }
+        let (archive, builder) = workspace::tar_stream(dir.clone());
+        let uploaded = docker
+            .upload_to_container(
+                &name,
+                Some(UploadToContainerOptions {
+                    path: self.job.container_workspace.clone(),
+                    ..Default::default()
+                }),
+                bollard::body_stream(archive),
+            )
+            .await;
+        let built = builder.await;
+        force_remove(docker, &name).await;
+        match built {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(workspace_err(e)),
+            Err(e) => return Err(workspace_err(std::io::Error::other(e))),
+        }
+        uploaded.map_err(|e| self.engine_err("copy the workspace into its volume", &e))?;
+        self.workspace_ready = true;
+        Ok(())
+    }
+
+    /// Starts one service (or finds it running after a restart).
+    async fn start_service(
+        &mut self,
+        service: &ServiceSpec,
+    ) -> Result<Result<(), Failure>, ExecutorError> {
+        let name = self.names.service(&service.name);
+        if let Err(f) = self.ensure_image(&service.image).await {
+            return Ok(Err(Failure::new(
+                f.class,
+                format!("service `{}`: {}", service.name, f.message),
+            )));
+        }
+        let resources = self
+            .shared
+            .config
+            .resources_for(&service.image, ResourceRequest::default())
+            .unwrap_or_default();
+        let mut labels = self.labels(Kind::Service);
+        labels.insert(labels::SERVICE.to_owned(), service.name.clone());
+        let body = ContainerCreateBody {
+            image: Some(service.image.clone()),
+            env: Some(
+                service
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            labels: Some(labels),
+            host_config: Some(self.host_config(Vec::new(), resources)),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network.clone(),
+                    EndpointSettings {
+                        aliases: Some(vec![service.name.clone()]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        if let Err(message) = self.create_container(&name, body).await? {
+            return Ok(Err(Failure::new(
+                FailureClass::Config,
+                format!("service `{}` cannot be created: {message}", service.name),
+            )));
+        }
+        if let Err(e) = self.shared.docker.start_container(&name, None).await {
+            return Ok(Err(Failure::new(
+                FailureClass::Config,
+                format!(
+                    "service `{}` could not start: {}",
+                    service.name,
+                    engine_message(&e)
+                ),
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Streams a step's output until its container exits, stopping it on cancel or timeout, then
+    /// reads how it ended. `skip` raw bytes at the start of `frames` were consumed before.
+    async fn drive(
+        &mut self,
+        step: &StepSpec,
+        mut frames: OutputFrames,
+        mut skip: u64,
+        step_deadline: Option<Instant>,
+        job_deadline: Option<Instant>,
+    ) -> Result<StepEnd, ExecutorError> {
+        let name = self.names.step(step.index);
+        let docker = self.shared.docker.clone();
+        let grace = self.shared.config.stop_grace;
+        let cancel = self.cancel.clone();
+        let mut interrupt: Option<Interrupt> = None;
+        let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        let mut position: u64 = 0;
+        let mut fell_back = false;
+        let step_sleep = sleep_until(step_deadline);
+        let job_sleep = sleep_until(job_deadline);
+        tokio::pin!(step_sleep, job_sleep);
+        loop {
+            let mut fire = None;
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    Some(Ok(frame)) => {
+                        let (stream, data) = match frame {
+                            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                                (OutputStream::Stdout, message)
+                            }
+                            LogOutput::StdErr { message } => (OutputStream::Stderr, message),
+                            LogOutput::StdIn { .. } => continue,
+                        };
+                        let len = data.len() as u64;
+                        position += len;
+                        if skip >= len {
+                            skip -= len;
+                            continue;
+                        }
+                        let data: Bytes = data.slice(usize::try_from(skip).unwrap_or(0)..);
+                        skip = 0;
+                        self.send(ExecEvent::Output { index: step.index, stream, data }).await?;
+                    }
+                    Some(Err(e)) if !fell_back => {
+                        // The attach stream broke (e.g. the engine restarted): the log driver
+                        // still has everything, so follow it from where this stream was.
+                        tracing::warn!(job_id = %self.job.job_id, container = %name, error = %e,
+                            "output stream broke; continuing from the container's logs");
+                        fell_back = true;
+                        skip += position;
+                        position = 0;
+                        frames = follow_logs(&docker, &name);
+                    }
+                    Some(Err(e)) => {
+                        let message = format!(
+                            "lost the output of step `{}`: {}", step.name, engine_message(&e));
+                        if let Some(stop) = stopping.take() {
+                            stop.await;
+                        }
+                        return Ok(StepEnd::of(StepOutcome::failed(
+                            Failure::new(FailureClass::Infrastructure, message), None)));
+                    }
+                    None => break,
+                },
+                () = async { if let Some(s) = stopping.as_mut() { s.await } else { std::future::pending().await } },
+                    if stopping.is_some() => {
+                    stopping = None;
+                }
+                () = cancel.cancelled(), if interrupt.is_none() => {
+                    fire = Some(Interrupt::Cancelled);
+                }
+                () = &mut step_sleep, if interrupt.is_none() => {
+                    fire = Some(Interrupt::StepTimeout(step.timeout.unwrap_or_default()));
+                }
+                () = &mut job_sleep, if interrupt.is_none() => {
+                    fire = Some(Interrupt::JobTimeout(self.job.timeout.unwrap_or_default()));
+                }
+            }
+            if let Some(i) = fire {
+                interrupt = Some(i);
+                stopping = Some(Box::pin(stop_container(
+                    docker.clone(),
+                    name.clone(),
+                    grace,
+                )));
+            }
+        }
+        if let Some(stop) = stopping.take() {
+            stop.await;
+        }
+        if let Some(i) = interrupt {
+            return Ok(self.interrupted(step, i));
+        }
+        self.exit_outcome(step, &name).await
+    }
+
+    fn interrupted(&self, step: &StepSpec, interrupt: Interrupt) -> StepEnd {
+        match interrupt {
+            Interrupt::Cancelled => StepEnd::of(StepOutcome::cancelled(&step.name)),
+            Interrupt::StepTimeout(after) => StepEnd::of(StepOutcome::timed_out(&step.name, after)),
+            Interrupt::JobTimeout(after) => StepEnd {
+                outcome: StepOutcome {
+                    state: StepState::TimedOut,
+                    exit_code: None,
+                    failure: Some(Failure::new(
+                        FailureClass::Timeout,
+                        format!(
+                            "the job timed out after {} during step `{}`",
+                            humanize(after),
+                            step.name
+                        ),
+                    )),
+                },
+                job_timed_out: true,
+            },
+        }
+    }
+
+    /// The exit code (from wait) and `OOMKilled` (from inspect) of a step's exited container.
+    async fn exit_outcome(&self, step: &StepSpec, name: &str) -> Result<StepEnd, ExecutorError> {
+        let docker = &self.shared.docker;
+        let mut code: Option<i64> = None;
+        let mut wait = docker.wait_container(
+            name,
+            Some(WaitContainerOptions {
+                condition: "not-running".to_owned(),
+            }),
+        );
+        match wait.next().await {
+            Some(Ok(r)) => code = Some(r.status_code),
+            Some(Err(EngineError::DockerContainerWaitError { code: c, .. })) => code = Some(c),
+            Some(Err(e)) if status_of(&e) == Some(404) => {}
+            Some(Err(e)) => return Err(self.engine_err(format!("wait for {name}"), &e)),
+            None => {}
+        }
+        let inspected = match docker.inspect_container(name, None).await {
+            Ok(i) => i,
+            Err(e) if status_of(&e) == Some(404) => {
+                return Ok(StepEnd::of(gone(step)));
+            }
+            Err(e) => return Err(self.engine_err(format!("inspect {name}"), &e)),
+        };
+        let state = inspected.state.unwrap_or_default();
+        let code = state.exit_code.or(code).unwrap_or(-1);
+        Ok(StepEnd::of(classify_exit(
+            step,
+            code,
+            state.oom_killed.unwrap_or(false),
+            self.shared.config.memory.map(|m| m.to_string()),
+        )))
+    }
+
+    /// Takes over the step that a previous runner process was running: replays its logs from the
+    /// start, skipping the `output_bytes` that process already consumed.
+    async fn resume_step(
+        &mut self,
+        step: &StepSpec,
+        output_bytes: u64,
+    ) -> Result<StepEnd, ExecutorError> {
+        let name = self.names.step(step.index);
+        let docker = self.shared.docker.clone();
+        let inspected = match docker.inspect_container(&name, None).await {
+            Ok(i) => i,
+            Err(e) if status_of(&e) == Some(404) => {
+                let outcome = gone(step);
+                self.finish(step.index, &outcome).await?;
+                return Ok(StepEnd::of(outcome));
+            }
+            Err(e) => return Err(self.engine_err(format!("inspect {name}"), &e)),
+        };
+        let state = inspected.state.unwrap_or_default();
+        let frames: OutputFrames = if state.status == Some(ContainerStateStatusEnum::CREATED) {
+            // The previous process died between create and start: start it now.
+            let attached = docker
+                .attach_container(
+                    &name,
+                    Some(AttachContainerOptions {
+                        stream: true,
+                        stdout: true,
+                        stderr: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(|e| self.engine_err(format!("attach to {name}"), &e))?;
+            docker
+                .start_container(&name, None)
+                .await
+                .map_err(|e| self.engine_err(format!("start {name}"), &e))?;
+            attached.output
+        } else {
+            follow_logs(&docker, &name)
+        };
+        let started = state
+            .started_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .unwrap_or_else(SystemTime::now);
+        // A step that already exited ended within its time, or it would have been stopped:
+        // only a running one is held to its deadlines.
+        let running = matches!(
+            state.status,
+            Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::CREATED)
+        );
+        let step_deadline = step.timeout.filter(|_| running).map(|t| {
+            let elapsed = SystemTime::now()
+                .duration_since(started)
+                .unwrap_or_default();
+            Instant::now() + t.saturating_sub(elapsed)
+        });
+        let job_deadline = self.job_deadline.filter(|_| running);
+        let end = self
+            .drive(step, frames, output_bytes, step_deadline, job_deadline)
+            .await?;
+        self.finish(step.index, &end.outcome).await?;
+        Ok(end)
+    }
+
+    /// The outcome of a step before the resumed one, for the `when` rules: from its exited
+    /// container, or (no container although the rules ran it) a failure before its container
+    /// existed, whose class is no longer known.
+    async fn reconstruct(
+        &self,
+        step: &StepSpec,
+        plan: &StepPlan,
+    ) -> Result<StepOutcome, ExecutorError> {
+        if plan.decide(step.when) == StepDecision::Skip {
+            return Ok(StepOutcome::skipped());
+        }
+        let name = self.names.step(step.index);
+        match self.shared.docker.inspect_container(&name, None).await {
+            Ok(i) => {
+                let state = i.state.unwrap_or_default();
+                Ok(classify_exit(
+                    step,
+                    state.exit_code.unwrap_or(-1),
+                    state.oom_killed.unwrap_or(false),
+                    None,
+                ))
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(StepOutcome::failed(
+                Failure::new(
+                    FailureClass::Infrastructure,
+                    format!(
+                        "step `{}` failed before its container was created (seen after a runner \
+                         restart)",
+                        step.name
+                    ),
+                ),
+                None,
+            )),
+            Err(e) => Err(self.engine_err(format!("inspect {name}"), &e)),
+        }
+    }
+}
+
+fn job_timeout_failure(after: Duration) -> Failure {
+    Failure::new(
+        FailureClass::Timeout,
+        format!("the job timed out after {}", humanize(after)),
+    )
+}
+
+fn gone(step: &StepSpec) -> StepOutcome {
+    StepOutcome::failed(
+        Failure::new(
+            FailureClass::Infrastructure,
+            format!(
+                "the container of step `{}` is gone (removed outside the runner?)",
+                step.name
+            ),
+        ),
+        None,
+    )
+}
+
+/// A non-zero exit of a container the kernel OOM-killed something in is `oom`; other non-zero
+/// exits are `script`. (A zero exit is a success even if a child was OOM-killed and the script
+/// coped with it.)
+fn classify_exit(step: &StepSpec, code: i64, oom: bool, limit: Option<String>) -> StepOutcome {
+    let code = i32::try_from(code).unwrap_or(-1);
+    if oom && code != 0 {
+        let limit = limit.map(|l| format!(" (limit {l})")).unwrap_or_default();
+        return StepOutcome::failed(
+            Failure::new(
+                FailureClass::Oom,
+                format!(
+                    "step `{}` ran out of memory{limit} and was killed (exit code {code})",
+                    step.name
+                ),
+            ),
+            Some(code),
+        );
+    }
+    StepOutcome::exited(code, &step.name)
+}
+
+fn volume_mount(volume: &str, target: &str) -> Mount {
+    Mount {
+        typ: Some(MountType::VOLUME),
+        source: Some(volume.to_owned()),
+        target: Some(target.to_owned()),
+        ..Default::default()
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The container's whole output from its first byte, following until it exits. Replayable only
+/// with a log driver that keeps logs (`json-file`, `local`, or dual logging).
+fn follow_logs(docker: &bollard::Docker, name: &str) -> OutputFrames {
+    Box::pin(docker.logs(
+        name,
+        Some(LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            timestamps: false,
+            ..Default::default()
+        }),
+    ))
+}
+
+/// Stop (signal, grace period), then kill if stopping failed. Removal is the cleanup's job.
+async fn stop_container(docker: bollard::Docker, name: String, grace: Duration) {
+    let t =
+        i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).unwrap_or(i32::MAX);
+    let stopped = docker
+        .stop_container(
+            &name,
+            Some(bollard::query_parameters::StopContainerOptions {
+                t: Some(t),
+                signal: None,
+            }),
+        )
+        .await;
+    match stopped {
+        Ok(()) => {}
+        Err(e) if status_of(&e) == Some(404) => {}
+        Err(e) => {
+            tracing::warn!(container = %name, error = %e, "stop failed; killing");
+            if let Err(e) = docker.kill_container(&name, None).await {
+                tracing::warn!(container = %name, error = %e, "kill failed");
+            }
+        }
+    }
+}
+
+/// Removes a container whatever its state; a missing one is fine.
+pub(crate) async fn force_remove(docker: &bollard::Docker, name: &str) -> Option<EngineError> {
+    match docker
+        .remove_container(
+            name,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+    {
+        Ok(()) => None,
+        Err(e) if status_of(&e) == Some(404) => None,
+        Err(e) => Some(e),
+    }
+}
+
+/// Lists this runner's containers (all states) matching `filters`.
+pub(crate) async fn list_containers(
+    docker: &bollard::Docker,
+    filters: HashMap<String, Vec<String>>,
+) -> Result<Vec<bollard::models::ContainerSummary>, EngineError> {
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+}
+
+/// Lists volumes matching `filters`.
+pub(crate) async fn list_volumes(
+    docker: &bollard::Docker,
+    filters: HashMap<String, Vec<String>>,
+) -> Result<Vec<bollard::models::Volume>, EngineError> {
+    Ok(docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
+        .await?
+        .volumes
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> StepSpec {
+        StepSpec {
+            index: 0,
+            name: "build".into(),
+            image: None,
+            run: "true".into(),
+            env: Default::default(),
+            timeout: None,
+            when: Default::default(),
+        }
+    }
+
+    #[test]
+    fn exits_are_classified() {
+        let s = step();
+        assert_eq!(classify_exit(&s, 0, false, None), StepOutcome::success());
+        assert_eq!(classify_exit(&s, 0, true, None), StepOutcome::success());
+        let script = classify_exit(&s, 3, false, None);
+        assert_eq!(script.exit_code, Some(3));
+        assert_eq!(script.failure.map(|f| f.class), Some(FailureClass::Script));
+        let oom = classify_exit(&s, 137, true, Some("16MiB".into()));
+        assert_eq!(oom.state, StepState::Failed);
+        assert_eq!(
+            oom.failure.as_ref().map(|f| f.class),
+            Some(FailureClass::Oom)
+        );
+    }
+}

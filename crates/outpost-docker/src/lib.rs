@@ -1,0 +1,474 @@
+//! The Docker backend of outpost (DESIGN.md §5): every job gets a bridge network, a workspace
+//! volume, its service containers and cache volumes, and one container per step, on a local or
+//! remote Docker engine reached through bollard.
+//!
+//! # How a job runs
+//! - **Setup**: a fresh run first removes what an earlier attempt of the same job left (by label),
+//!   then creates the network `outpost-<job>-net`, the volume `outpost-<job>-workspace` and the
+//!   cache volumes `outpost-cache-<scope>-<name>` (reused by later jobs of the same scope and
+//!   cache name; creating an existing volume returns it unchanged).
+//! - **Before the first step that runs**: the checkout (`job.workspace`, a host directory) is
+//!   copied into the workspace volume by uploading a tar archive into a helper container that
+//!   mounts the volume and is created but never started (so its image, by default the step's,
+//!   needs no binary), and the services start on the network with their name as alias. A failure
+//!   there (an image that cannot be pulled, say) is that step's failure.
+//! - **Each step**: image per the pull policy, then a container `outpost-<job>-step-<n>` running
+//!   `sh -c <run>` with no TTY and an init process, working directory `job.container_workspace`,
+//!   attached before it is started so no byte is lost; exit code from wait, `OOMKilled` from
+//!   inspect (`oom` when the exit code is non-zero too). Cancel and timeouts stop the container
+//!   (signal, [`DockerConfig::stop_grace`], kill); it is removed with the rest at cleanup.
+//! - **Cleanup**: when `run` returns, a task owned by the executor removes the job's containers,
+//!   network and workspace volume (caches stay). [`DockerExecutor::wait_for_cleanups`] awaits
+//!   them: call it before the runtime shuts down, or a cleanup may be cut short (the next sweep
+//!   then finishes it). When `run` fails with `EventsClosed` (the runner stopped reading), nothing
+//!   is cleaned up, as when its future is dropped.
+//!
+//! # Containers outlive the runner process
+//! Dropping the future of `run` (a runner killed or restarting) stops nothing: the step keeps
+//! running, so that a new process can take it over with `run(job, Some(Resume { .. }))`. The
+//! resumed step's output is replayed from the container's logs and the first `output_bytes` raw
+//! bytes are skipped. This needs a log driver that keeps logs readable (`json-file`, the
+//! default, or `local`; or dual logging); with rotation (`max-size`), bytes rotated out before
+//! the takeover are lost. Within one stream the order is exact; the interleaving of stdout with
+//! stderr in the replay is the log driver's and can differ from the live one for writes close in
+//! time, which shifts where the skip falls for steps writing both streams at once. Resources of
+//! jobs that never come back are removed by [`Executor::sweep`].
+//!
+//! # Secrets
+//! Secrets reach steps as environment variables of the step container only: never in labels,
+//! never in an image, never in a service or helper container. `docker inspect` of a step container
+//! shows its environment to whoever can talk to the engine (who can also read any file or memory
+//! of the container); a file on a tmpfs would avoid inspect but not that, and would need a
+//! wrapper script in every image, so environment variables it is.
+//!
+//! # Labels
+//! Everything carries `outpost.managed=true`, `outpost.runner-id`, `outpost.job-id`,
+//! `outpost.expires-at` (Unix seconds: the job's deadline, else creation plus
+//! [`DockerConfig::default_expiry`]) and `outpost.kind` (`step`, `service`, `helper` for the
+//! workspace copier, `workspace`, `cache`, `network`); step containers `outpost.step-index`,
+//! service containers `outpost.service`, cache volumes `outpost.cache-scope` and
+//! `outpost.cache-name`. Cache volumes carry the job that created them, but a sweep removes them
+//! by last use only (tracked by the backend, see [`DockerConfig::state_dir`]), never by job.
+//!
+//! # After a restart
+//! `run` with `Resume { step_index, output_bytes }` reuses the job's network, workspace volume and
+//! services, sends no `StepStarted` for the resumed step (the previous process did), and rebuilds
+//! the outcomes of the earlier steps, which it does not report again, from their exited containers
+//! for the `when` rules: exit code and `OOMKilled` are exact; a step that failed before its
+//! container existed (an image pull) reads as `infrastructure`, and an earlier timed-out step as
+//! a `script` failure. The job deadline is the original one (from the network's
+//! `outpost.expires-at`); the step deadline counts from the container's start. A resumed step
+//! whose container is gone fails with class `infrastructure`.
+
+mod auth;
+mod caches;
+mod config;
+mod error;
+mod job;
+mod names;
+mod util;
+mod workspace;
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use outpost_executor::{
+    CancellationToken, EventSender, Executor, ExecutorError, JobOutcome, PreparedJob, Resume,
+    SweepReport,
+};
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::{ByteSize, DockerConfig, PullPolicy, ResourceRequest, Resources};
+pub use crate::error::DockerError;
+pub use crate::names::{Kind, labels};
+
+use crate::caches::CacheIndex;
+use crate::job::{JobRun, force_remove, list_containers, list_volumes};
+use crate::names::runner_filter;
+use crate::util::{engine_message, parse_rfc3339, status_of, unix_now};
+
+/// What every job of this executor shares.
+pub(crate) struct Shared {
+    pub(crate) docker: Docker,
+    pub(crate) config: DockerConfig,
+    pub(crate) cache_index: CacheIndex,
+    pub(crate) docker_config_path: Option<PathBuf>,
+}
+
+/// The Docker backend.
+pub struct DockerExecutor {
+    shared: Arc<Shared>,
+    /// This runner's id at the hub, for `running_jobs` and `sweep`; learned from the first job
+    /// or set by [`DockerExecutor::set_runner_id`].
+    runner_id: Mutex<Option<String>>,
+    /// Jobs whose `run` is in progress in this process: a sweep never touches them.
+    active: Arc<Mutex<HashSet<String>>>,
+    /// Owner of the cleanup tasks.
+    cleanups: TaskTracker,
+}
+
+impl std::fmt::Debug for DockerExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerExecutor")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn docker_host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
+}
+
+fn unreachable(message: String) -> ExecutorError {
+    ExecutorError::Engine {
+        backend: "docker",
+        action: "connect".to_owned(),
+        job_id: "(none)".to_owned(),
+        message,
+    }
+}
+
+impl DockerExecutor {
+    /// Connects to the engine named by `DOCKER_HOST` (default `unix:///var/run/docker.sock`) and
+    /// settles on the API version both sides speak (the engine may be older than bollard).
+    pub async fn connect(config: DockerConfig) -> Result<Self, ExecutorError> {
+        let invalid = |e: DockerError| ExecutorError::Invalid {
+            backend: "docker",
+            job_id: "(none)".to_owned(),
+            message: e.to_string(),
+        };
+        config.validate().map_err(invalid)?;
+        let host = docker_host();
+        let hint = "set DOCKER_HOST (e.g. unix:///var/run/docker.sock or tcp://host:2375), or \
+                    check that the engine runs and that this user may open its socket";
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| unreachable(format!("docker is not reachable at {host}: {e}; {hint}")))?
+            .with_timeout(config.api_timeout);
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            unreachable(format!(
+                "docker is not reachable at {host}: {}; {hint}",
+                engine_message(&e)
+            ))
+        })?;
+        let cache_index = CacheIndex::load(config.state_dir.clone())
+            .await
+            .map_err(invalid)?;
+        let docker_config_path = config
+            .docker_config_path
+            .clone()
+            .or_else(auth::default_config_path);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                docker,
+                config,
+                cache_index,
+                docker_config_path,
+            }),
+            runner_id: Mutex::new(None),
+            active: Arc::default(),
+            cleanups: TaskTracker::new(),
+        })
+    }
+
+    /// Sets this runner's id (from registration at the hub), so that `running_jobs` and `sweep`
+    /// work before the first job arrives. Each job's own `runner_id` is what labels its resources.
+    pub fn set_runner_id(&self, runner_id: impl Into<String>) {
+        *lock(&self.runner_id) = Some(runner_id.into());
+    }
+
+    /// The engine client (for tests and diagnostics).
+    pub fn client(&self) -> &Docker {
+        &self.shared.docker
+    }
+
+    pub fn config(&self) -> &DockerConfig {
+        &self.shared.config
+    }
+
+    /// Waits until every cleanup started so far has finished.
+    pub async fn wait_for_cleanups(&self) {
+        self.cleanups.close();
+        self.cleanups.wait().await;
+        self.cleanups.reopen();
+    }
+
+    fn known_runner_id(&self) -> Result<String, ExecutorError> {
+        lock(&self.runner_id)
+            .clone()
+            .ok_or_else(|| ExecutorError::Invalid {
+                backend: "docker",
+                job_id: "(none)".to_owned(),
+                message: "the runner id is not known yet: call DockerExecutor::set_runner_id \
+                          after registering"
+                    .to_owned(),
+            })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks a job active for the duration of its `run`.
+struct ActiveGuard {
+    active: Arc<Mutex<HashSet<String>>>,
+    job_id: String,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        lock(&self.active).remove(&self.job_id);
+    }
+}
+
+#[async_trait]
+impl Executor for DockerExecutor {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    fn set_runner_id(&self, runner_id: &str) {
+        DockerExecutor::set_runner_id(self, runner_id);
+    }
+
+    async fn run(
+        &self,
+        job: PreparedJob,
+        resume: Option<Resume>,
+        events: EventSender,
+        cancel: CancellationToken,
+    ) -> Result<JobOutcome, ExecutorError> {
+        if job.runner_id.is_empty() {
+            return Err(ExecutorError::Invalid {
+                backend: "docker",
+                job_id: job.job_id.clone(),
+                message: "the job has no runner id to label its resources with".to_owned(),
+            });
+        }
+        lock(&self.runner_id).get_or_insert_with(|| job.runner_id.clone());
+        lock(&self.active).insert(job.job_id.clone());
+        let _active = ActiveGuard {
+            active: self.active.clone(),
+            job_id: job.job_id.clone(),
+        };
+        let mut run = JobRun::new(&self.shared, &job, &events, &cancel);
+        let result = run.run(resume).await;
+        if matches!(result, Err(ExecutorError::EventsClosed { .. })) {
+            // The runner is shutting down: leave the containers for the next process.
+            return result;
+        }
+        let shared = self.shared.clone();
+        let caches: Vec<String> = run.caches.iter().map(|(v, _)| v.clone()).collect();
+        let (runner_id, job_id) = (job.runner_id.clone(), job.job_id.clone());
+        self.cleanups.spawn(async move {
+            remove_job_resources(&shared.docker, &runner_id, &job_id, false).await;
+            shared.cache_index.touch(&caches, unix_now()).await;
+        });
+        result
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<String>, ExecutorError> {
+        let runner_id = self.known_runner_id()?;
+        let filters = runner_filter(&runner_id, &[(labels::KIND, Kind::Step.as_str())]);
+        let containers = list_containers(&self.shared.docker, filters)
+            .await
+            .map_err(|e| engine_error("list step containers", &e))?;
+        let jobs: BTreeSet<String> = containers
+            .into_iter()
+            .filter_map(|c| c.labels?.get(labels::JOB_ID).cloned())
+            .collect();
+        Ok(jobs.into_iter().collect())
+    }
+
+    async fn sweep(&self, live_jobs: &HashSet<String>) -> Result<SweepReport, ExecutorError> {
+        let runner_id = self.known_runner_id()?;
+        let docker = &self.shared.docker;
+        let active = lock(&self.active).clone();
+        let dead = |labels: Option<&std::collections::HashMap<String, String>>| {
+            labels
+                .and_then(|l| l.get(labels::JOB_ID))
+                .is_some_and(|j| !live_jobs.contains(j) && !active.contains(j))
+        };
+        let mut report = SweepReport::default();
+        let filters = runner_filter(&runner_id, &[]);
+
+        let containers = list_containers(docker, filters.clone())
+            .await
+            .map_err(|e| engine_error("list containers", &e))?;
+        for c in containers.iter().filter(|c| dead(c.labels.as_ref())) {
+            let id = c.id.clone().unwrap_or_default();
+            let line = describe(
+                "container",
+                &id,
+                c.names.as_ref().and_then(|n| n.first()),
+                c.labels.as_ref(),
+            );
+            match force_remove(docker, &id).await {
+                None => report.removed.push(line),
+                Some(e) => report
+                    .failed
+                    .push(format!("{line}: {}", engine_message(&e))),
+            }
+        }
+
+        let networks = docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .map_err(|e| engine_error("list networks", &e))?;
+        for n in networks.iter().filter(|n| dead(n.labels.as_ref())) {
+            let id = n.id.clone().unwrap_or_default();
+            let line = describe("network", &id, n.name.as_ref(), n.labels.as_ref());
+            match docker.remove_network(&id).await {
+                Ok(()) => report.removed.push(line),
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => report
+                    .failed
+                    .push(format!("{line}: {}", engine_message(&e))),
+            }
+        }
+
+        let volumes = list_volumes(docker, filters)
+            .await
+            .map_err(|e| engine_error("list volumes", &e))?;
+        let now = unix_now();
+        let retention = self.shared.config.cache_retention.as_secs();
+        for v in volumes {
+            let kind = v.labels.get(labels::KIND).map(String::as_str);
+            let line = describe("volume", &v.name, None, Some(&v.labels));
+            let remove = match kind {
+                Some("cache") => {
+                    let created = v
+                        .created_at
+                        .as_deref()
+                        .and_then(parse_rfc3339)
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    let last = self
+                        .shared
+                        .cache_index
+                        .last_use(&v.name)
+                        .unwrap_or(0)
+                        .max(created);
+                    now.saturating_sub(last) >= retention
+                }
+                _ => dead(Some(&v.labels)),
+            };
+            if !remove {
+                continue;
+            }
+            match docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.shared.cache_index.forget(&v.name).await;
+                    report.removed.push(line);
+                }
+                Err(e) if status_of(&e) == Some(404) => {}
+                // In use by a container: a job is using the cache, keep it.
+                Err(e) if status_of(&e) == Some(409) && kind == Some("cache") => {}
+                Err(e) => report
+                    .failed
+                    .push(format!("{line}: {}", engine_message(&e))),
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn engine_error(action: &str, e: &bollard::errors::Error) -> ExecutorError {
+    ExecutorError::Engine {
+        backend: "docker",
+        action: action.to_owned(),
+        job_id: "(sweep)".to_owned(),
+        message: engine_message(e),
+    }
+}
+
+fn describe(
+    what: &str,
+    id: &str,
+    name: Option<&String>,
+    labels: Option<&std::collections::HashMap<String, String>>,
+) -> String {
+    let name = name.map_or(id, |n| n.trim_start_matches('/'));
+    let job = labels
+        .and_then(|l| l.get(labels::JOB_ID))
+        .map_or("?", String::as_str);
+    format!("{what} {name} (job {job})")
+}
+
+/// Removes a job's containers, network and workspace volume (never its caches). Errors are
+/// logged: a sweep catches what is left. `quiet` is for the reset before a fresh run.
+pub(crate) async fn remove_job_resources(
+    docker: &Docker,
+    runner_id: &str,
+    job_id: &str,
+    quiet: bool,
+) {
+    let filters = runner_filter(runner_id, &[(labels::JOB_ID, job_id)]);
+    let report = |what: &str, e: &bollard::errors::Error| {
+        if !quiet {
+            tracing::warn!(job_id, error = %e, "cleanup could not remove {what}");
+        }
+    };
+    match list_containers(docker, filters.clone()).await {
+        Ok(containers) => {
+            for id in containers.into_iter().filter_map(|c| c.id) {
+                if let Some(e) = force_remove(docker, &id).await {
+                    report(&format!("container {id}"), &e);
+                }
+            }
+        }
+        Err(e) => report("containers", &e),
+    }
+    match docker
+        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+            filters: Some(filters.clone()),
+        }))
+        .await
+    {
+        Ok(networks) => {
+            for id in networks.into_iter().filter_map(|n| n.id) {
+                if let Err(e) = docker.remove_network(&id).await
+                    && status_of(&e) != Some(404)
+                {
+                    report(&format!("network {id}"), &e);
+                }
+            }
+        }
+        Err(e) => report("networks", &e),
+    }
+    let workspace_filter = runner_filter(
+        runner_id,
+        &[
+            (labels::JOB_ID, job_id),
+            (labels::KIND, Kind::Workspace.as_str()),
+        ],
+    );
+    match list_volumes(docker, workspace_filter).await {
+        Ok(volumes) => {
+            for v in volumes {
+                if let Err(e) = docker
+                    .remove_volume(
+                        &v.name,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await
+                    && status_of(&e) != Some(404)
+                {
+                    report(&format!("volume {}", v.name), &e);
+                }
+            }
+        }
+        Err(e) => report("volumes", &e),
+    }
+}

@@ -1,0 +1,257 @@
+//! Shared support of the Docker backend's tests: the engine gate, the test images, jobs, event
+//! collection and a cleanup guard keyed on a per-test runner id.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
+use bytes::Bytes;
+use outpost_docker::{DockerConfig, DockerExecutor};
+use outpost_executor::{
+    CancellationToken, ExecEvent, Executor, ExecutorError, JobOutcome, OutputStream, PreparedJob,
+    Resume, StepOutcome, StepSpec, When, event_channel,
+};
+
+/// Built by `cargo xtask test-images` (xtask/src/test_images.rs).
+pub const BUSYBOX: &str = "outpost-test/busybox:1";
+/// TCP echo server on port 7000, built by `cargo xtask test-images`.
+pub const TCP_ECHO: &str = "outpost-test/tcp-echo:1";
+
+const REQUIRE_ENV: &str = "OUTPOST_REQUIRE_DOCKER";
+
+/// Whether the engine answers; the reason when it does not.
+pub async fn docker_available() -> Result<Docker, String> {
+    let docker = Docker::connect_with_defaults().map_err(|e| e.to_string())?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|e| e.to_string())?;
+    docker.ping().await.map_err(|e| e.to_string())?;
+    Ok(docker)
+}
+
+/// One test's view of the engine: an executor with its own runner id, and a guard that removes
+/// everything labelled with that id when the test ends (even by a panic).
+pub struct Ctx {
+    pub exec: DockerExecutor,
+    pub docker: Docker,
+    pub runner_id: String,
+    _guard: Purge,
+}
+
+/// `None` (after printing why) when the engine is absent and the CI does not require it.
+pub async fn setup(config: DockerConfig) -> Option<Ctx> {
+    let docker = match docker_available().await {
+        Ok(d) => d,
+        Err(reason) => {
+            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+                panic!("{REQUIRE_ENV}=1 but the docker engine is not reachable: {reason}");
+            }
+            println!("skipped: docker engine not reachable ({reason})");
+            return None;
+        }
+    };
+    for image in [BUSYBOX, TCP_ECHO] {
+        if docker.inspect_image(image).await.is_err() {
+            panic!("test image {image} is missing: run `cargo xtask test-images` first");
+        }
+    }
+    let exec = DockerExecutor::connect(config)
+        .await
+        .expect("the executor connects to the engine the test client reached");
+    let runner_id = format!("test-{:016x}", rand::random::<u64>());
+    exec.set_runner_id(runner_id.clone());
+    Some(Ctx {
+        exec,
+        docker,
+        _guard: Purge(runner_id.clone()),
+        runner_id,
+    })
+}
+
+/// A config for tests: short grace period.
+pub fn config() -> DockerConfig {
+    DockerConfig {
+        stop_grace: Duration::from_secs(1),
+        ..DockerConfig::default()
+    }
+}
+
+/// Removes every container, network and volume labelled with the runner id, through the CLI so
+/// that it works from `Drop` during a panic too.
+struct Purge(String);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let filter = format!("label=outpost.runner-id={}", self.0);
+        let ids = |args: &[&str]| -> Vec<String> {
+            std::process::Command::new("docker")
+                .args(args)
+                .args(["--filter", &filter, "-q"])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // Removals can race with the executor's own cleanup ("removal already in progress"),
+        // so go round until nothing is left, with a bound.
+        for _ in 0..50 {
+            let mut left = 0;
+            for (list, remove) in [
+                (&["ps", "-a"][..], &["rm", "-f"][..]),
+                (&["network", "ls"][..], &["network", "rm"][..]),
+                (&["volume", "ls"][..], &["volume", "rm", "-f"][..]),
+            ] {
+                let found = ids(list);
+                left += found.len();
+                if !found.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(remove)
+                        .args(&found)
+                        .output();
+                }
+            }
+            if left == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn step(index: u32, run: &str) -> StepSpec {
+    StepSpec {
+        index,
+        name: format!("s{index}"),
+        image: None,
+        run: run.to_owned(),
+        env: BTreeMap::new(),
+        timeout: None,
+        when: When::OnSuccess,
+    }
+}
+
+pub fn job(ctx: &Ctx, workspace: &Path, steps: Vec<StepSpec>) -> PreparedJob {
+    PreparedJob {
+        job_id: format!("j-{:012x}", rand::random::<u64>() >> 16),
+        runner_id: ctx.runner_id.clone(),
+        cache_scope: format!("scope-{}", ctx.runner_id),
+        workspace: workspace.to_owned(),
+        container_workspace: "/workspace".to_owned(),
+        default_image: Some(BUSYBOX.to_owned()),
+        env: BTreeMap::new(),
+        secrets: Vec::new(),
+        services: Vec::new(),
+        caches: Vec::new(),
+        steps,
+        timeout: None,
+    }
+}
+
+/// Runs `job` to its end while collecting its events; `on_event` sees each as it arrives.
+pub async fn run_with(
+    exec: &DockerExecutor,
+    job: PreparedJob,
+    resume: Option<Resume>,
+    cancel: CancellationToken,
+    mut on_event: impl FnMut(&ExecEvent, &[ExecEvent]),
+) -> (Result<JobOutcome, ExecutorError>, Vec<ExecEvent>) {
+    let (tx, mut rx) = event_channel();
+    let collect = async {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            on_event(&e, &events);
+            events.push(e);
+        }
+        events
+    };
+    let ran = tokio::join!(exec.run(job, resume, tx, cancel), collect);
+    // So that a test's end (which ends the runtime) never cuts a cleanup short.
+    exec.wait_for_cleanups().await;
+    ran
+}
+
+pub async fn run(
+    exec: &DockerExecutor,
+    job: PreparedJob,
+) -> (Result<JobOutcome, ExecutorError>, Vec<ExecEvent>) {
+    run_with(exec, job, None, CancellationToken::new(), |_, _| {}).await
+}
+
+/// The concatenated output of step `index` (of one stream, or both).
+pub fn output(events: &[ExecEvent], index: u32, only: Option<OutputStream>) -> String {
+    String::from_utf8_lossy(&output_bytes(events, index, only)).into_owned()
+}
+
+pub fn output_bytes(events: &[ExecEvent], index: u32, only: Option<OutputStream>) -> Vec<u8> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ExecEvent::Output {
+                index: i,
+                stream,
+                data,
+            } if *i == index && only.is_none_or(|o| o == *stream) => Some(data.clone()),
+            _ => None,
+        })
+        .collect::<Vec<Bytes>>()
+        .concat()
+}
+
+/// The outcome reported for step `index`.
+pub fn finished(events: &[ExecEvent], index: u32) -> StepOutcome {
+    events
+        .iter()
+        .find_map(|e| match e {
+            ExecEvent::StepFinished {
+                index: i, outcome, ..
+            } if *i == index => Some(outcome.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no StepFinished for step {index} in {events:#?}"))
+}
+
+pub fn started(events: &[ExecEvent], index: u32) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, ExecEvent::StepStarted { index: i, .. } if *i == index))
+}
+
+/// What of a job is still on the engine: (containers, networks, volumes) labelled with it.
+pub async fn leftovers(docker: &Docker, job_id: &str) -> (usize, usize, usize) {
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![format!("outpost.job-id={job_id}")],
+    )]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .expect("list containers");
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters.clone()),
+        }))
+        .await
+        .expect("list networks");
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .expect("list volumes")
+        .volumes
+        .unwrap_or_default();
+    (containers.len(), networks.len(), volumes.len())
+}

@@ -1,0 +1,306 @@
+//! `cargo xtask bench`: measures the DESIGN.md §7 quality bars on this machine and prints them as a
+//! table beside their targets. A missed target is printed, never an error: bench does not fail.
+//!
+//! The xtask binary `cargo xtask` runs is a debug build, so `bench` first builds the hub, the
+//! runner and itself with `--release`, then runs the release xtask (the in-process parts, the
+//! load generators and the log pipeline, must be release code too). The hub and the runner under
+//! test are real child processes on 127.0.0.1, each in its own directory under a temporary one.
+//!
+//! Adding a row: write an `async fn(&Ctx, &mut Vec<Row>) -> anyhow::Result<()>` that pushes one or
+//! more [`Row`]s, list it in [`BENCHES`] and dispatch it in [`measure`].
+
+mod dispatch;
+mod logs;
+mod procs;
+mod runner;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use self::procs::Ctx;
+use self::table::{Row, Verdict};
+
+/// Set by the debug xtask on the release one it runs: where the release binaries are (and that
+/// they are already built).
+const BIN_DIR_ENV: &str = "OUTPOST_BENCH_BIN_DIR";
+
+/// Packages built with `--release` before measuring (their binaries are spawned as processes).
+const RELEASE_PACKAGES: &[&str] = &["outpost-hub-bin", "runner-process"];
+
+/// One measurement: its name for `--only` and what it covers.
+struct Bench {
+    name: &'static str,
+    about: &'static str,
+}
+
+/// Every measurement, in the order of DESIGN.md §7.
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "pickup",
+        about: "enqueue → job in the hands of a client parked in acquire",
+    },
+    Bench {
+        name: "first-step",
+        about: "enqueue → first step's process started (runner-process)",
+    },
+    Bench {
+        name: "cancel",
+        about: "cancel requested → step process gone (kill_grace 0s)",
+    },
+    Bench {
+        name: "throughput",
+        about: "hub dispatch throughput, no-op jobs, one runner with 16 slots",
+    },
+    Bench {
+        name: "logs",
+        about: "log pipeline: mask + spool + upload + hub store",
+    },
+    Bench {
+        name: "runner-rss",
+        about: "idle runner-process resident memory",
+    },
+    Bench {
+        name: "idle-runners",
+        about: "hub RSS and request rate with many idle long-polling runners",
+    },
+];
+
+async fn measure(name: &str, ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    match name {
+        "pickup" => dispatch::pickup(ctx, rows).await,
+        "first-step" => runner::first_step(ctx, rows).await,
+        "cancel" => runner::cancel(ctx, rows).await,
+        "throughput" => dispatch::throughput(ctx, rows).await,
+        "logs" => logs::pipeline(ctx, rows).await,
+        "runner-rss" => runner::idle_rss(ctx, rows).await,
+        "idle-runners" => dispatch::idle_runners(ctx, rows).await,
+        other => bail!("no measurement named `{other}`"),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Options {
+    quick: bool,
+    keep: bool,
+    only: Vec<String>,
+    help: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Options> {
+        let mut opts = Options::default();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => opts.quick = true,
+                "--keep" => opts.keep = true,
+                "-h" | "--help" => opts.help = true,
+                "--only" => {
+                    let names = args.next().context("--only needs a name")?;
+                    opts.only.extend(names.split(',').map(str::to_owned));
+                }
+                other => match other.strip_prefix("--only=") {
+                    Some(names) => opts.only.extend(names.split(',').map(str::to_owned)),
+                    None => bail!("unknown bench option `{other}` (try `cargo xtask bench --help`)"),
+                },
+            }
+        }
+        for name in &opts.only {
+            if !BENCHES.iter().any(|b| b.name == name) {
+                bail!(
+                    "no measurement named `{name}` (one of: {})",
+                    BENCHES.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        Ok(opts)
+    }
+
+    fn selected(&self) -> impl Iterator<Item = &'static Bench> + '_ {
+        BENCHES
+            .iter()
+            .filter(|b| self.only.is_empty() || self.only.iter().any(|o| o == b.name))
+    }
+}
+
+fn usage() -> String {
+    let mut text = String::from(
+        "usage: cargo xtask bench [--quick] [--only NAME[,NAME…]] [--keep]\n\n\
+         Builds the hub and the runner with --release and measures the DESIGN.md §7 figures on\n\
+         this machine (all traffic on 127.0.0.1). A missed target is printed, not an error.\n\n\
+         options:\n  --quick   fewer rounds and smaller sizes (a smoke run, figures are rougher)\n  \
+         --only    run only these measurements\n  --keep    keep the work directory (hub and runner logs)\n\n\
+         measurements:\n",
+    );
+    for b in BENCHES {
+        text.push_str(&format!("  {:<13} {}\n", b.name, b.about));
+    }
+    text
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let opts = Options::parse(args)?;
+    if opts.help {
+        print!("{}", usage());
+        return Ok(());
+    }
+    let bin_dir = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let release = target_dir()?.join("release");
+            if cfg!(debug_assertions) {
+                let mut packages = RELEASE_PACKAGES.to_vec();
+                packages.push("xtask");
+                build_release(&packages)?;
+                let xtask = release.join("xtask");
+                let status = Command::new(&xtask)
+                    .arg("bench")
+                    .args(args)
+                    .env(BIN_DIR_ENV, &release)
+                    .status()
+                    .with_context(|| format!("cannot run {}", xtask.display()))?;
+                if !status.success() {
+                    bail!("the release bench ({}) ended with {status}", xtask.display());
+                }
+                return Ok(());
+            }
+            build_release(RELEASE_PACKAGES)?;
+            release
+        }
+    };
+    let fd_limit = procs::raise_fd_limit();
+    let work = tempfile::Builder::new()
+        .prefix("outpost-bench-")
+        .tempdir()
+        .context("cannot create the bench's work directory")?;
+    let ctx = Ctx::new(bin_dir, work.path().to_owned(), opts.quick, fd_limit);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let rows = runtime.block_on(measure_all(&opts, &ctx));
+    // Whatever a measurement left running is stopped with the runtime.
+    drop(runtime);
+    print!("{}", header(&ctx));
+    print!("{}", table::render(&rows));
+    if opts.keep {
+        let kept = work.keep();
+        println!("\nwork directory kept: {}", kept.display());
+    }
+    Ok(())
+}
+
+async fn measure_all(opts: &Options, ctx: &Ctx) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for bench in opts.selected() {
+        eprintln!("bench: {} …", bench.name);
+        let started = Instant::now();
+        let before = rows.len();
+        if let Err(e) = measure(bench.name, ctx, &mut rows).await {
+            rows.push(Row {
+                bench: bench.name,
+                what: bench.about.to_owned(),
+                measured: "—".to_owned(),
+                target: "—".to_owned(),
+                verdict: Verdict::Error,
+                notes: vec![format!("error: {e:#}")],
+            });
+        }
+        for row in &rows[before..] {
+            eprintln!("bench: {}: {} ({})", bench.name, row.measured, row.verdict);
+        }
+        eprintln!(
+            "bench: {} done in {:.1} s",
+            bench.name,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    rows
+}
+
+/// The target directory of this workspace, as cargo sees it (`CARGO_TARGET_DIR`, config…).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cannot run `cargo metadata`")?;
+    if !out.status.success() {
+        bail!(
+            "`cargo metadata` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("`cargo metadata` printed invalid JSON")?;
+    let dir = meta["target_directory"]
+        .as_str()
+        .context("`cargo metadata` printed no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
+fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    eprintln!("bench: cargo build --release -p {}", packages.join(" -p "));
+    let status = cmd.status().context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("the release build failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The machine, for the table's header.
+fn header(ctx: &Ctx) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
+    let rustc = command_line(
+        &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
+        &["--version"],
+    );
+    let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    format!(
+        "outpost bench, {date}{quick}\n\
+         machine: {cores} cores ({model}), {mem:.1} GiB memory, Linux {kernel}, {rustc}\n\
+         binaries: release builds in {bins}; hub and runner are separate processes on 127.0.0.1\n\
+         file descriptors: soft limit {fds}\n\n",
+        quick = if ctx.quick { " (--quick)" } else { "" },
+        mem = mem_kib as f64 / (1024.0 * 1024.0),
+        bins = ctx.bin_dir.display(),
+        fds = ctx.fd_limit,
+    )
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| format!("{program}: unknown"))
+}
