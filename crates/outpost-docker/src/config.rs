@@ -114,10 +114,16 @@ pub struct DockerConfig {
     /// containers run privileged. Default: none. No other container is ever privileged.
     pub privileged_images: Vec<String>,
     /// Grace period between the stop signal and the kill on cancel and timeouts. Default `10s`.
-    #[serde(deserialize_with = "humantime_duration", serialize_with = "humantime_serialize")]
+    #[serde(
+        deserialize_with = "humantime_duration",
+        serialize_with = "humantime_serialize"
+    )]
     pub stop_grace: Duration,
     /// A cache volume not used by any job for this long is removed by `sweep`. Default `7days`.
-    #[serde(deserialize_with = "humantime_duration", serialize_with = "humantime_serialize")]
+    #[serde(
+        deserialize_with = "humantime_duration",
+        serialize_with = "humantime_serialize"
+    )]
     pub cache_retention: Duration,
     /// Docker client config file holding registry credentials (`auths`). Default:
     /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`; a missing file means no
@@ -139,11 +145,17 @@ pub struct DockerConfig {
     pub state_dir: Option<PathBuf>,
     /// Limit on the engine's answer to one API call (not on streams: logs, waits and pulls run as
     /// long as they need). Default `5m`.
-    #[serde(deserialize_with = "humantime_duration", serialize_with = "humantime_serialize")]
+    #[serde(
+        deserialize_with = "humantime_duration",
+        serialize_with = "humantime_serialize"
+    )]
     pub api_timeout: Duration,
     /// How long the resources of a job without a timeout are labelled to live
     /// (`outpost.expires-at`). Default `24h`.
-    #[serde(deserialize_with = "humantime_duration", serialize_with = "humantime_serialize")]
+    #[serde(
+        deserialize_with = "humantime_duration",
+        serialize_with = "humantime_serialize"
+    )]
     pub default_expiry: Duration,
 }
 

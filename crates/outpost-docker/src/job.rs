@@ -625,6 +625,7 @@ impl<'a> JobRun<'a> {
         labels.insert(labels::SERVICE.to_owned(), service.name.clone());
         let body = ContainerCreateBody {
             image: Some(service.image.clone()),
+            cmd: service.command.clone(),
             env: Some(
                 service
                     .env

@@ -41,6 +41,7 @@ async fn steps_share_the_workspace_and_reach_a_service_by_name() {
         name: "echo".into(),
         image: TCP_ECHO.into(),
         env: Default::default(),
+        command: None,
     });
     j.env.insert("JOB_VAR".into(), "job".into());
     let job_id = j.job_id.clone();
@@ -247,6 +248,7 @@ async fn cancel_stops_the_step_and_leaves_nothing_behind() {
         name: "echo".into(),
         image: TCP_ECHO.into(),
         env: Default::default(),
+        command: None,
     });
     let job_id = j.job_id.clone();
     let cancel = CancellationToken::new();
@@ -340,6 +342,7 @@ async fn secrets_reach_steps_but_no_label_and_no_image() {
         name: "echo".into(),
         image: TCP_ECHO.into(),
         env: Default::default(),
+        command: None,
     });
     let job_id = j.job_id.clone();
     let cancel = CancellationToken::new();

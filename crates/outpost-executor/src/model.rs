@@ -88,6 +88,8 @@ pub struct ServiceSpec {
     pub name: String,
     pub image: String,
     pub env: BTreeMap<String, String>,
+    /// Arguments replacing the image's command; `None` keeps the image's own.
+    pub command: Option<Vec<String>>,
 }
 
 /// A cache directory kept between jobs of the same scope and name.

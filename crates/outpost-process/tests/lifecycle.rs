@@ -189,6 +189,7 @@ async fn services_are_refused_before_any_step() {
         name: "db".to_owned(),
         image: "postgres:16".to_owned(),
         env: Default::default(),
+        command: None,
     }];
     let ran = job.workspace.join("ran");
 
