@@ -32,6 +32,8 @@ const SCAN_CHUNK: usize = 64 * 1024;
 /// be reassembled from a mask and the bytes after it; such values do not occur in practice.
 pub struct Masker {
     matcher: Option<Arc<AhoCorasick>>,
+    /// Every form masked, for [`Masker::release`].
+    forms: Arc<Vec<Vec<u8>>>,
     /// `longest_form - 1`: how many trailing bytes can still be the start of a match.
     hold: usize,
     /// Bytes received but not yet emitted (at most `hold` between calls).
@@ -71,6 +73,7 @@ impl Masker {
         let hold = matcher.max_pattern_len().saturating_sub(1);
         Ok(Masker {
             matcher: Some(Arc::new(matcher)),
+            forms: Arc::new(patterns),
             hold,
             buf: Vec::new(),
             covered: 0,
@@ -82,6 +85,7 @@ impl Masker {
     pub fn none() -> Masker {
         Masker {
             matcher: None,
+            forms: Arc::new(Vec::new()),
             hold: 0,
             buf: Vec::new(),
             covered: 0,
@@ -94,6 +98,7 @@ impl Masker {
     pub fn fresh(&self) -> Masker {
         Masker {
             matcher: self.matcher.clone(),
+            forms: Arc::clone(&self.forms),
             hold: self.hold,
             buf: Vec::new(),
             covered: 0,
@@ -136,6 +141,26 @@ impl Masker {
         }
     }
 
+    /// Emits the held-back bytes that can no longer begin any secret form, keeping only a tail
+    /// that is still the beginning of one. For a quiet stream: a last line such as `waiting for
+    /// approval` shows at once instead of waiting for more output. Costs up to held × forms
+    /// comparisons, so call it when output pauses, not on every write.
+    pub fn release(&mut self, out: &mut Vec<u8>) {
+        if self.matcher.is_none() || self.buf.is_empty() {
+            return;
+        }
+        let len = self.buf.len();
+        let keep_from = (0..len)
+            .find(|&q| {
+                let tail = &self.buf[q..];
+                self.forms
+                    .iter()
+                    .any(|f| f.len() > tail.len() && f.starts_with(tail))
+            })
+            .unwrap_or(len);
+        self.process_upto(out, keep_from);
+    }
+
     /// Ends the stream: appends everything held back to `out`, masked, and resets the state.
     pub fn flush(&mut self, out: &mut Vec<u8>) {
         if self.matcher.is_some() {
@@ -171,14 +196,20 @@ impl Masker {
     /// one is the longest. So output is final up to `safe = len - hold` (all of it at the end
     /// of the stream), and the bytes from `safe` on are kept to be scanned again with more input.
     fn process(&mut self, out: &mut Vec<u8>, eof: bool) {
-        let Some(matcher) = self.matcher.as_deref() else {
-            return;
-        };
         let len = self.buf.len();
         let safe = if eof {
             len
         } else {
             len.saturating_sub(self.hold)
+        };
+        self.process_upto(out, safe);
+    }
+
+    /// Emits `buf[..safe]`, masked. Sound for any `safe` such that no position before it starts
+    /// a form that would run past the end of `buf` (see [`Masker::release`]).
+    fn process_upto(&mut self, out: &mut Vec<u8>, safe: usize) {
+        let Some(matcher) = self.matcher.as_deref() else {
+            return;
         };
         // `done`: bytes of `buf` emitted or covered by an emitted mask; `region_end` > 0 while a
         // mask region is open (a new match starting before it extends the region).
@@ -224,6 +255,44 @@ impl fmt::Debug for Masker {
             )
             .field("held_back", &self.buf.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+
+    fn masker(secret: &str) -> Masker {
+        Masker::new(&[("S".to_owned(), secret.as_bytes().to_vec())]).expect("masker")
+    }
+
+    #[test]
+    fn release_emits_what_cannot_begin_a_secret() {
+        let mut m = masker("hunter22");
+        let mut out = Vec::new();
+        m.push(b"waiting for approval\n", &mut out);
+        assert!(
+            m.held_back() > 0,
+            "the tail is held back while more input may come"
+        );
+        m.release(&mut out);
+        assert_eq!(out, b"waiting for approval\n");
+        assert_eq!(m.held_back(), 0);
+    }
+
+    #[test]
+    fn release_keeps_a_tail_that_may_still_become_a_secret() {
+        let mut m = masker("hunter22");
+        let mut out = Vec::new();
+        m.push(b"password: hunt", &mut out);
+        m.release(&mut out);
+        assert_eq!(out, b"password: ");
+        m.push(b"er22 done", &mut out);
+        m.flush(&mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "password: [MASKED] done"
+        );
     }
 }
 

@@ -215,6 +215,7 @@ impl Task {
         let mut finish_open = true;
         let mut last_send: Option<Instant> = None;
         let mut last_sync = Instant::now();
+        let mut sync_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut failures = 0u32;
         let mut warned_ahead = false;
         loop {
@@ -268,14 +269,18 @@ impl Task {
                 continue;
             }
 
-            if last_sync.elapsed() >= self.config.sync_interval {
+            // fsync runs beside the upload, never in front of it: on a busy disk one fsync can
+            // take seconds (ext4 flushes its whole journal), and live output must not wait.
+            if last_sync.elapsed() >= self.config.sync_interval
+                && sync_task.as_ref().is_none_or(|t| t.is_finished())
+            {
                 last_sync = Instant::now();
                 let reader = self.reader.clone();
-                match tokio::task::spawn_blocking(move || reader.sync()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync the log spool"),
-                    Err(e) => tracing::warn!(error = %e, "log spool sync task failed"),
-                }
+                sync_task = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = reader.sync() {
+                        tracing::warn!(error = %e, "cannot sync the log spool");
+                    }
+                }));
             }
 
             let want = usize::try_from(available.min(max_batch)).unwrap_or(self.config.max_batch);
