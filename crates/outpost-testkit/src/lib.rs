@@ -1,7 +1,8 @@
 //! Test support shared by outpost's tests: the real `outpost-hub` binary started as a child
 //! process on a loopback port with a temporary database ([`TestHub`]), a small HTTP client
-//! ([`Http`]), a typed runner-side facade ([`TestRunner`]), and the helpers every test needs
-//! ([`wait_until`], [`unique`], [`bin_path`]).
+//! ([`Http`]), a typed runner-side facade ([`TestRunner`]), the real `runner-process` binary as a
+//! child process ([`RunnerProcess`]), a fault-injecting TCP proxy ([`FaultProxy`]), and the
+//! helpers every test needs ([`wait_until`], [`unique`], [`bin_path`]).
 //!
 //! The kit drives binaries over real sockets; it deliberately does not depend on the crates it
 //! tests. Helpers panic with a message naming what failed (a test wants that), and the fallible
@@ -29,7 +30,9 @@
 
 mod http;
 mod hub;
+mod proxy;
 mod runner;
+mod runner_process;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,7 +41,9 @@ use std::time::Duration;
 
 pub use crate::http::{Http, Response, Streaming};
 pub use crate::hub::{Org, TestHub, TestHubBuilder};
+pub use crate::proxy::{FaultMode, FaultProxy, ProxyStats};
 pub use crate::runner::{TEST_RUNNER_CAPACITY, TestRunner, held};
+pub use crate::runner_process::{RunnerProcess, RunnerProcessBuilder, metric_value};
 
 /// What a fallible helper of the kit failed at.
 #[derive(Debug, thiserror::Error)]

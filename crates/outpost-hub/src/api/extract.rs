@@ -152,15 +152,15 @@ fn bearer(headers: &HeaderMap) -> Result<SecretHash, ApiError> {
 
 /// A runner token that is valid now: its organization. Looked up on every call (no cache), so a
 /// revoked token is refused on its very next call.
-pub(crate) struct RunnerAuth(pub Org);
+pub(crate) struct RunnerAuth(pub Org, pub SecretHash);
 
 impl FromRequestParts<AppState> for RunnerAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let hash = bearer(&parts.headers)?;
-        match state.store.org_by_runner_token(hash).await? {
-            Some(org) => Ok(RunnerAuth(org)),
+        match state.store.org_by_runner_token(hash.clone()).await? {
+            Some(org) => Ok(RunnerAuth(org, hash)),
             None => Err(ApiError::unauthorized("unknown or revoked runner token")),
         }
     }

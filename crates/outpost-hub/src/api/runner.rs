@@ -55,7 +55,7 @@ pub(crate) fn clean_labels(labels: Vec<String>) -> Result<Vec<String>, ApiError>
 /// `POST /api/v1/runner/register`
 pub(crate) async fn register(
     State(state): State<AppState>,
-    RunnerAuth(org): RunnerAuth,
+    RunnerAuth(org, _): RunnerAuth,
     ApiJson(mut request): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     if request.name.trim().is_empty() {
@@ -85,7 +85,7 @@ pub(crate) async fn register(
 /// `204` after `wait_s`.
 pub(crate) async fn acquire(
     State(state): State<AppState>,
-    RunnerAuth(org): RunnerAuth,
+    RunnerAuth(org, token): RunnerAuth,
     ApiJson(request): ApiJson<AcquireRequest>,
 ) -> Result<Response, ApiError> {
     check_wait(&state, request.wait_s)?;
@@ -99,7 +99,19 @@ pub(crate) async fn acquire(
     let deadline = Instant::now() + Duration::from_secs(request.wait_s);
     // Registered before the first look at the queue, so an enqueue in between is not missed.
     let waiter = state.acquire.register(org.id, runner.labels.clone());
+    let mut first = true;
     loop {
+        // A long-poll may outlive its token: a revoked token gets no job, however long ago the
+        // request arrived.
+        if !std::mem::take(&mut first)
+            && state
+                .store
+                .org_by_runner_token(token.clone())
+                .await?
+                .is_none()
+        {
+            return Err(ApiError::unauthorized("unknown or revoked runner token"));
+        }
         let now = Timestamp::now();
         let lease = NewLease {
             lease_id: new_id("l_"),
@@ -164,7 +176,7 @@ async fn renew(
 /// cancel request (or a lease is lost), or the hold ends; renews again when it answers.
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
-    RunnerAuth(org): RunnerAuth,
+    RunnerAuth(org, _): RunnerAuth,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     check_wait(&state, request.wait_s)?;
@@ -203,7 +215,7 @@ pub(crate) struct OffsetQuery {
 /// `POST /api/v1/runner/jobs/{id}/log?offset=N`: raw bytes at offset N.
 pub(crate) async fn append_log(
     State(state): State<AppState>,
-    RunnerAuth(org): RunnerAuth,
+    RunnerAuth(org, _): RunnerAuth,
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OffsetQuery>,
     LogBody(body): LogBody,
@@ -224,7 +236,7 @@ pub(crate) async fn append_log(
 /// `POST /api/v1/runner/jobs/{id}/steps`: upserts one step; answers the step as stored.
 pub(crate) async fn upsert_step(
     State(state): State<AppState>,
-    RunnerAuth(org): RunnerAuth,
+    RunnerAuth(org, _): RunnerAuth,
     ApiPath(job_id): ApiPath<String>,
     ApiJson(step): ApiJson<StepUpdate>,
 ) -> Result<Json<StepInfo>, ApiError> {
@@ -238,7 +250,7 @@ pub(crate) async fn upsert_step(
 /// `POST /api/v1/runner/jobs/{id}/complete` (idempotent).
 pub(crate) async fn complete(
     State(state): State<AppState>,
-    RunnerAuth(org): RunnerAuth,
+    RunnerAuth(org, _): RunnerAuth,
     ApiPath(job_id): ApiPath<String>,
     ApiJson(request): ApiJson<CompleteRequest>,
 ) -> Result<Json<CompleteResponse>, ApiError> {
