@@ -56,9 +56,6 @@ steps:
       done
       printf '%s\n' "$MARKER"
       echo "forms done"
-      # The masker holds back the last bytes (a form could still be completing) until more
-      # output comes or the step ends: push "forms done" out while the step waits.
-      printf '%0600d\n' 0
       while [ ! -f "$FLAGS/finish" ] && [ -d "$FLAGS" ]; do sleep 0.05; done
       printf '%s\n' "$MARKER"
 "#;

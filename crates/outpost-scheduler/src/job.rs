@@ -434,6 +434,11 @@ async fn execute(
                 Some(event) => steps.handle(ctx, &job_id, writer, event).await,
                 None => break (&mut run).await,
             },
+            // Output paused: let the masker release what cannot be the start of a secret.
+            () = tokio::time::sleep(OUTPUT_PAUSE), if writer.held_back() > 0 => {
+                let released = writer.release();
+                steps.log_result(&job_id, released);
+            }
             result = &mut run => {
                 // Events the backend sent before returning are still in the channel.
                 while let Ok(event) = rx.try_recv() {
@@ -444,6 +449,9 @@ async fn execute(
         }
     }
 }
+
+/// How long output must pause before the masker's held-back tail is released.
+const OUTPUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What the event loop knows about the steps.
 struct StepTracker {

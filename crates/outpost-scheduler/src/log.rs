@@ -120,6 +120,25 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Bytes of output the masker still holds back (they may be the start of a secret).
+    pub(crate) fn held_back(&self) -> usize {
+        self.masker.held_back()
+    }
+
+    /// Output paused: what the masker holds back that cannot begin a secret goes out, so the
+    /// last line of a quiet step (a prompt, "waiting for …") is visible live.
+    pub(crate) fn release(&mut self) -> Result<(), LogshipError> {
+        self.out.clear();
+        self.masker.release(&mut self.out);
+        let result = self.spool.append(&self.out);
+        self.out.clear();
+        if let Some((step, raw)) = self.step {
+            let consumed = raw.saturating_sub(self.masker.held_back() as u64);
+            self.record(step, consumed);
+        }
+        result
+    }
+
     /// Ends a step's section: what the masker held back goes out.
     pub(crate) fn end_step(&mut self, index: u32) -> Result<(), LogshipError> {
         self.flush()?;
