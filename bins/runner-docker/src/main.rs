@@ -13,7 +13,11 @@ use outpost_docker::{DockerConfig, DockerExecutor};
 use outpost_executor::Executor;
 
 #[derive(Debug, Parser)]
-#[command(name = "runner-docker", version, about = "outpost runner: steps as Docker containers")]
+#[command(
+    name = "runner-docker",
+    version,
+    about = "outpost runner: steps as Docker containers"
+)]
 struct Cli {
     #[command(flatten)]
     runner: RunnerArgs,
@@ -26,11 +30,18 @@ impl Backend for Docker {
     const KIND: &'static str = "docker";
     type Config = DockerConfig;
 
-    async fn start(config: &DockerConfig, ctx: &BackendContext) -> Result<Arc<dyn Executor>, String> {
+    async fn start(
+        config: &DockerConfig,
+        ctx: &BackendContext,
+    ) -> Result<Arc<dyn Executor>, String> {
         let mut config = config.clone();
         // The cache-use index lives with the rest of the runner's state unless configured.
-        config.state_dir.get_or_insert_with(|| ctx.state_dir.clone());
-        let executor = DockerExecutor::connect(config).await.map_err(|e| e.to_string())?;
+        config
+            .state_dir
+            .get_or_insert_with(|| ctx.state_dir.clone());
+        let executor = DockerExecutor::connect(config)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Arc::new(executor))
     }
 }

@@ -298,7 +298,9 @@ impl<E> AgentConfig<E> {
         let bad = |m: String| Err(AgentError::Config(m));
         match &self.hub {
             None => {
-                return bad("no hub URL: set --hub, OUTPOST_HUB or `hub` in the config file".into());
+                return bad(
+                    "no hub URL: set --hub, OUTPOST_HUB or `hub` in the config file".into(),
+                );
             }
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
                 return bad(format!(

@@ -159,7 +159,7 @@ impl FromRequestParts<AppState> for RunnerAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let hash = bearer(&parts.headers)?;
-        match state.store.org_by_runner_token(hash.clone()).await? {
+        match state.store.org_by_runner_token(hash).await? {
             Some(org) => Ok(RunnerAuth(org, hash)),
             None => Err(ApiError::unauthorized("unknown or revoked runner token")),
         }

@@ -103,13 +103,7 @@ pub(crate) async fn acquire(
     loop {
         // A long-poll may outlive its token: a revoked token gets no job, however long ago the
         // request arrived.
-        if !std::mem::take(&mut first)
-            && state
-                .store
-                .org_by_runner_token(token.clone())
-                .await?
-                .is_none()
-        {
+        if !std::mem::take(&mut first) && state.store.org_by_runner_token(token).await?.is_none() {
             return Err(ApiError::unauthorized("unknown or revoked runner token"));
         }
         let now = Timestamp::now();
