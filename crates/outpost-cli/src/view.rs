@@ -49,10 +49,11 @@ pub async fn watch(client: &HubClient, org: &str, job_id: &str) -> Result<JobDet
                 last = Some(details);
             }
         }
-        if let Some(details) = &last {
-            if details.state.is_terminal() && (log_done || shown >= details.log_bytes) {
-                break;
-            }
+        if let Some(details) = &last
+            && details.state.is_terminal()
+            && (log_done || shown >= details.log_bytes)
+        {
+            break;
         }
     }
     follower.abort();
