@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use outpost_client::{ClientConfig, HubClient};
 use outpost_hub::{Admin, ConfigSources, Hub, HubConfig, HubError, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -37,16 +38,20 @@ struct Common {
     /// Log format on stderr: text or json (`log_format`).
     #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// For `org` and `token`: work against this running hub over HTTP (with the admin key from
+    /// OUTPOST_HUB_ADMIN_KEY) instead of on the database file.
+    #[arg(long, global = true, value_name = "URL")]
+    hub: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP API.
     Serve(ServeArgs),
-    /// Manage organizations (straight on the database file).
+    /// Manage organizations (on the database file, or a running hub with --hub).
     #[command(subcommand)]
     Org(OrgCommand),
-    /// Manage runner tokens (straight on the database file).
+    /// Manage runner tokens (on the database file, or a running hub with --hub).
     #[command(subcommand)]
     Token(TokenCommand),
 }
@@ -121,7 +126,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(cli.command, config, cli.common.hub.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outpost-hub: {e:#}");
@@ -175,13 +180,70 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     }
 }
 
-async fn run(command: Command, config: HubConfig) -> anyhow::Result<()> {
+async fn run(command: Command, config: HubConfig, hub: Option<String>) -> anyhow::Result<()> {
+    if let Command::Serve(_) = command {
+        return serve(config).await;
+    }
+    let target = match hub {
+        Some(url) => {
+            let key = config.admin_key.clone().context(
+                "--hub needs the hub's admin key in OUTPOST_HUB_ADMIN_KEY (or `admin_key` in --config)",
+            )?;
+            Target::Remote(HubClient::new(ClientConfig::new(url, key))?)
+        }
+        None => Target::Database(Admin::open(&config).await?),
+    };
     match command {
-        Command::Serve(_) => serve(config).await,
-        // A `--hub URL` mode (through outpost-client) would dispatch here, before opening the
-        // database file; these commands work on the file directly.
-        Command::Org(cmd) => org(cmd, &Admin::open(&config).await?).await,
-        Command::Token(cmd) => token(cmd, &Admin::open(&config).await?).await,
+        Command::Serve(_) => Ok(()),
+        Command::Org(cmd) => org(cmd, &target).await,
+        Command::Token(cmd) => token(cmd, &target).await,
+    }
+}
+
+/// Where the admin subcommands act: the database file, or a running hub over its API.
+enum Target {
+    Database(Admin),
+    Remote(HubClient),
+}
+
+impl Target {
+    async fn create_org(&self, name: &str) -> anyhow::Result<String> {
+        Ok(match self {
+            Self::Database(admin) => admin.create_org(name).await?,
+            Self::Remote(client) => client.create_org(name).await?.api_key,
+        })
+    }
+
+    async fn create_runner_token(
+        &self,
+        org: &str,
+        description: &str,
+    ) -> anyhow::Result<(String, String)> {
+        Ok(match self {
+            Self::Database(admin) => admin.create_runner_token(org, description).await?,
+            Self::Remote(client) => {
+                let created = client.create_runner_token(org, description).await?;
+                (created.id, created.token)
+            }
+        })
+    }
+
+    async fn list_runner_tokens(
+        &self,
+        org: &str,
+    ) -> anyhow::Result<Vec<outpost_protocol::RunnerTokenInfo>> {
+        Ok(match self {
+            Self::Database(admin) => admin.list_runner_tokens(org).await?,
+            Self::Remote(client) => client.list_runner_tokens(org).await?,
+        })
+    }
+
+    async fn revoke_runner_token(&self, org: &str, id: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Database(admin) => admin.revoke_runner_token(org, id).await?,
+            Self::Remote(client) => client.revoke_runner_token(org, id).await?,
+        }
+        Ok(())
     }
 }
 
@@ -241,7 +303,7 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
 }
 
-async fn org(cmd: OrgCommand, admin: &Admin) -> anyhow::Result<()> {
+async fn org(cmd: OrgCommand, admin: &Target) -> anyhow::Result<()> {
     match cmd {
         OrgCommand::Create { name } => {
             let api_key = admin.create_org(&name).await?;
@@ -255,7 +317,7 @@ async fn org(cmd: OrgCommand, admin: &Admin) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn token(cmd: TokenCommand, admin: &Admin) -> anyhow::Result<()> {
+async fn token(cmd: TokenCommand, admin: &Target) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create { org, description } => {
             let (id, token) = admin.create_runner_token(&org, &description).await?;
