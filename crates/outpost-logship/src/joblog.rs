@@ -21,6 +21,9 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// `write` does one `write(2)` into the page cache per 64 KiB of input and never `fsync`s: that
 /// is as cheap as a tracing file appender and is done in place, on the caller's task. The
 /// expensive `fdatasync` happens in `spawn_blocking` (in `finish` and in the uploader).
+///
+/// Each `write` or `write_line` of up to 64 KiB reaches the spool as one append, so the uploader
+/// never sees (and sends) part of it: the rest would wait a flush interval behind it.
 pub struct JobLog {
     path: PathBuf,
     reader: SpoolReader,
@@ -85,14 +88,18 @@ impl JobLog {
                 path: self.path.clone(),
             });
         }
+        // One buffer, so the line reaches the spool in one append: written piecewise, the
+        // uploader could wake between the pieces, send the line without its newline, and hold
+        // the newline back for a whole flush interval as the tail of a partial batch.
+        let mut framed = Vec::with_capacity(line.len() + 2);
         if !inner.at_line_start {
-            inner.write(b"\n")?;
+            framed.push(b'\n');
         }
-        inner.write(line.as_bytes())?;
+        framed.extend_from_slice(line.as_bytes());
         if !line.ends_with('\n') {
-            inner.write(b"\n")?;
+            framed.push(b'\n');
         }
-        Ok(())
+        inner.write(&framed)
     }
 
     /// Ends the log: emits what the masker held back, makes the spool durable, and answers the
@@ -214,6 +221,30 @@ mod tests {
             Err(LogshipError::Finished { .. })
         ));
         assert_eq!(log.finish().await.expect("finish again"), len);
+    }
+
+    #[tokio::test]
+    async fn a_runner_line_reaches_the_spool_in_one_append() {
+        // Spooled in pieces, the line could be uploaded without its newline, and the newline
+        // would then wait a whole flush interval as the tail of a partial batch.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.spool");
+        let masker =
+            Masker::new(&[("TOKEN".to_owned(), b"tok-12345".to_vec())]).expect("valid secret");
+        for masker in [Masker::none(), masker] {
+            let log = JobLog::open(&path, UNLIMITED, masker).expect("open");
+            log.write(b"no newline yet").expect("write");
+            let before = log.lock().spool.writes;
+            log.write_line("$ step build").expect("line");
+            assert_eq!(log.lock().spool.writes - before, 1);
+            log.finish().await.expect("finish");
+            drop(log);
+            assert_eq!(
+                std::fs::read(&path).expect("read spool"),
+                b"no newline yet\n$ step build\n"
+            );
+            std::fs::remove_file(&path).expect("remove spool");
+        }
     }
 
     #[tokio::test]

@@ -40,6 +40,9 @@ pub struct Spool {
     dropped: u64,
     truncated: bool,
     len_tx: watch::Sender<u64>,
+    /// `write(2)` calls that succeeded: tests check that one append is one write.
+    #[cfg(test)]
+    pub(crate) writes: u64,
 }
 
 impl Spool {
@@ -77,6 +80,8 @@ impl Spool {
             dropped: 0,
             truncated: false,
             len_tx,
+            #[cfg(test)]
+            writes: 0,
         };
         if len >= cap_bytes {
             let notice = truncation_notice(cap_bytes);
@@ -107,7 +112,11 @@ impl Spool {
         }
         // `room` < bytes.len() here, so it fits in usize.
         let keep = usize::try_from(room).unwrap_or(bytes.len());
-        self.write_raw(&bytes[..keep])?;
+        // The kept bytes and the notice go out in one write, like every append: the uploader
+        // must not see (and send) a length between the two.
+        let mut last = bytes[..keep].to_vec();
+        last.extend_from_slice(truncation_notice(self.cap).as_bytes());
+        self.write_raw(&last)?;
         self.truncated = true;
         self.dropped += (bytes.len() - keep) as u64;
         tracing::warn!(
@@ -115,12 +124,16 @@ impl Spool {
             cap = self.cap,
             "job log reached its size limit; further output is dropped"
         );
-        self.write_raw(truncation_notice(self.cap).as_bytes())
+        Ok(())
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<(), LogshipError> {
         match (&*self.file).write_all(bytes) {
             Ok(()) => {
+                #[cfg(test)]
+                {
+                    self.writes += 1;
+                }
                 self.len += bytes.len() as u64;
                 self.len_tx.send_replace(self.len);
                 Ok(())
@@ -358,6 +371,18 @@ mod tests {
             1,
         );
         check_cap(0, &[b"abc"], truncation_notice(0).as_bytes(), 3);
+    }
+
+    #[test]
+    fn reaching_the_cap_is_one_write() {
+        // The uploader must never see the kept bytes without the notice behind them.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open_or_create(&spool_path(&dir), 10).expect("create");
+        spool.append(b"01234").expect("append");
+        let before = spool.writes;
+        spool.append(b"56789abc").expect("append");
+        assert_eq!(spool.writes - before, 1);
+        assert_eq!(spool.len(), 10 + truncation_notice(10).len() as u64);
     }
 
     #[test]
