@@ -312,7 +312,7 @@ impl<'a> JobRun<'a> {
         };
         let end = match prepared {
             Ok(Ok(frames)) => {
-                self.drive(step, frames, 0, step_deadline, job_deadline)
+                self.drive(step, frames, false, 0, step_deadline, job_deadline)
                     .await?
             }
             Ok(Err(failure)) => StepEnd::of(StepOutcome::failed(failure, None)),
@@ -671,6 +671,7 @@ impl<'a> JobRun<'a> {
         &mut self,
         step: &StepSpec,
         mut frames: OutputFrames,
+        mut from_logs: bool,
         mut skip: u64,
         step_deadline: Option<Instant>,
         job_deadline: Option<Instant>,
@@ -714,6 +715,7 @@ impl<'a> JobRun<'a> {
                         tracing::warn!(job_id = %self.job.job_id, container = %name, error = %e,
                             "output stream broke; continuing from the container's logs");
                         fell_back = true;
+                        from_logs = true;
                         skip += position;
                         position = 0;
                         frames = follow_logs(&docker, &name);
@@ -755,10 +757,75 @@ impl<'a> JobRun<'a> {
         if let Some(stop) = stopping.take() {
             stop.await;
         }
+        if from_logs {
+            // A followed log stream can end before the container's last output (seen on engine
+            // 20.10 with json-file: a follow that is still reading the existing log when the
+            // container writes more and exits stops at the size it saw). Once the container
+            // has stopped its log is complete: read it again and deliver what this stream missed.
+            self.deliver_rest(step, &name, position + skip).await?;
+        }
         if let Some(i) = interrupt {
             return Ok(self.interrupted(step, i));
         }
         self.exit_outcome(step, &name).await
+    }
+
+    /// Waits for the step's container to stop, then sends its logged output after the first
+    /// `delivered` raw bytes.
+    async fn deliver_rest(
+        &mut self,
+        step: &StepSpec,
+        name: &str,
+        delivered: u64,
+    ) -> Result<(), ExecutorError> {
+        let docker = self.shared.docker.clone();
+        let mut wait = docker.wait_container(
+            name,
+            Some(WaitContainerOptions {
+                condition: "not-running".to_owned(),
+            }),
+        );
+        // The outcome itself is read by `exit_outcome`; here only "it has stopped" matters.
+        let _ = wait.next().await;
+        let mut frames = docker.logs(
+            name,
+            Some(LogsOptions {
+                follow: false,
+                stdout: true,
+                stderr: true,
+                timestamps: false,
+                ..Default::default()
+            }),
+        );
+        let mut skip = delivered;
+        while let Some(frame) = frames.next().await {
+            let (stream, data) = match frame {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    (OutputStream::Stdout, message)
+                }
+                Ok(LogOutput::StdErr { message }) => (OutputStream::Stderr, message),
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(job_id = %self.job.job_id, container = %name, error = %engine_message(&e),
+                        "cannot read the rest of a step's logs");
+                    return Ok(());
+                }
+            };
+            let len = data.len() as u64;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let data: Bytes = data.slice(usize::try_from(skip).unwrap_or(0)..);
+            skip = 0;
+            self.send(ExecEvent::Output {
+                index: step.index,
+                stream,
+                data,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     fn interrupted(&self, step: &StepSpec, interrupt: Interrupt) -> StepEnd {
@@ -876,8 +943,16 @@ impl<'a> JobRun<'a> {
             Instant::now() + t.saturating_sub(elapsed)
         });
         let job_deadline = self.job_deadline.filter(|_| running);
+        let from_logs = state.status != Some(ContainerStateStatusEnum::CREATED);
         let end = self
-            .drive(step, frames, output_bytes, step_deadline, job_deadline)
+            .drive(
+                step,
+                frames,
+                from_logs,
+                output_bytes,
+                step_deadline,
+                job_deadline,
+            )
             .await?;
         self.finish(step.index, &end.outcome).await?;
         Ok(end)
