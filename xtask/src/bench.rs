@@ -10,6 +10,7 @@
 //! more [`Row`]s, list it in [`BENCHES`] and dispatch it in [`measure`].
 
 mod dispatch;
+mod docker;
 mod logs;
 mod procs;
 mod runner;
@@ -29,7 +30,7 @@ use self::table::{Row, Verdict};
 const BIN_DIR_ENV: &str = "OUTPOST_BENCH_BIN_DIR";
 
 /// Packages built with `--release` before measuring (their binaries are spawned as processes).
-const RELEASE_PACKAGES: &[&str] = &["outpost-hub-bin", "runner-process"];
+const RELEASE_PACKAGES: &[&str] = &["outpost-hub-bin", "runner-process", "runner-docker"];
 
 /// One measurement: its name for `--only` and what it covers.
 struct Bench {
@@ -67,6 +68,10 @@ const BENCHES: &[Bench] = &[
         name: "idle-runners",
         about: "hub RSS and request rate with many idle long-polling runners",
     },
+    Bench {
+        name: "docker",
+        about: "docker step overhead vs a bare `docker run`; 5-step job wall time",
+    },
 ];
 
 async fn measure(name: &str, ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
@@ -78,6 +83,7 @@ async fn measure(name: &str, ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<(
         "logs" => logs::pipeline(ctx, rows).await,
         "runner-rss" => runner::idle_rss(ctx, rows).await,
         "idle-runners" => dispatch::idle_runners(ctx, rows).await,
+        "docker" => docker::overhead(ctx, rows).await,
         other => bail!("no measurement named `{other}`"),
     }
 }
@@ -105,7 +111,9 @@ impl Options {
                 }
                 other => match other.strip_prefix("--only=") {
                     Some(names) => opts.only.extend(names.split(',').map(str::to_owned)),
-                    None => bail!("unknown bench option `{other}` (try `cargo xtask bench --help`)"),
+                    None => {
+                        bail!("unknown bench option `{other}` (try `cargo xtask bench --help`)")
+                    }
                 },
             }
         }
@@ -113,7 +121,11 @@ impl Options {
             if !BENCHES.iter().any(|b| b.name == name) {
                 bail!(
                     "no measurement named `{name}` (one of: {})",
-                    BENCHES.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+                    BENCHES
+                        .iter()
+                        .map(|b| b.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }
@@ -164,7 +176,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     .status()
                     .with_context(|| format!("cannot run {}", xtask.display()))?;
                 if !status.success() {
-                    bail!("the release bench ({}) ended with {status}", xtask.display());
+                    bail!(
+                        "the release bench ({}) ended with {status}",
+                        xtask.display()
+                    );
                 }
                 return Ok(());
             }
@@ -182,10 +197,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let started = Started::now();
     let rows = runtime.block_on(measure_all(&opts, &ctx));
     // Whatever a measurement left running is stopped with the runtime.
     drop(runtime);
-    print!("{}", header(&ctx));
+    print!("{}", header(&ctx, &started));
     print!("{}", table::render(&rows));
     if opts.keep {
         let kept = work.keep();
@@ -261,7 +277,31 @@ fn cargo() -> Command {
 }
 
 /// The machine, for the table's header.
-fn header(ctx: &Ctx) -> String {
+/// When the measurements started, and how busy the machine was then.
+struct Started {
+    date: String,
+    load: String,
+}
+
+impl Started {
+    fn now() -> Started {
+        Started {
+            date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            load: load_average(),
+        }
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages (other work on the machine skews every figure).
+fn load_average() -> String {
+    read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn header(ctx: &Ctx, started: &Started) -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let model = read("/proc/cpuinfo")
         .lines()
@@ -278,12 +318,15 @@ fn header(ctx: &Ctx) -> String {
         &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
         &["--version"],
     );
-    let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     format!(
         "outpost bench, {date}{quick}\n\
          machine: {cores} cores ({model}), {mem:.1} GiB memory, Linux {kernel}, {rustc}\n\
          binaries: release builds in {bins}; hub and runner are separate processes on 127.0.0.1\n\
-         file descriptors: soft limit {fds}\n\n",
+         file descriptors: soft limit {fds}; load average {load_before} at the start, {load_after} \
+         at the end\n\n",
+        date = started.date,
+        load_before = started.load,
+        load_after = load_average(),
         quick = if ctx.quick { " (--quick)" } else { "" },
         mem = mem_kib as f64 / (1024.0 * 1024.0),
         bins = ctx.bin_dir.display(),

@@ -176,7 +176,10 @@ mod tests {
         let text = render(&rows);
         let lines: Vec<&str> = text.lines().collect();
         let width = lines[0].chars().count();
-        assert!(lines[..3].iter().all(|l| l.chars().count() == width), "{text}");
+        assert!(
+            lines[..3].iter().all(|l| l.chars().count() == width),
+            "{text}"
+        );
         assert!(lines[2].contains("MISS"), "{text}");
         assert!(text.contains("  1. [pickup] first\n"), "{text}");
         assert!(text.contains("second\n"), "{text}");
