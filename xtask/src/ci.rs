@@ -49,9 +49,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the Docker test images when an engine answers. Without one, the Docker tests print that
-/// they were skipped — unless `OUTPOST_REQUIRE_DOCKER=1` (set by `.ci/run`), which makes a missing
-/// engine a failure here already.
+/// Builds the Docker test images and the deployment images when an engine answers. Without one,
+/// the Docker tests print that they were skipped — unless `OUTPOST_REQUIRE_DOCKER=1` (set by
+/// `.ci/run`), which makes a missing engine a failure here already.
 fn test_images() -> anyhow::Result<()> {
     let engine = Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
@@ -68,7 +68,13 @@ fn test_images() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    step("test images", cargo(&["xtask", "test-images"]))
+    step("test images", cargo(&["xtask", "test-images"]))?;
+    // The deployment images for the compose test, from the debug binaries just built: the same
+    // code as a release image, without a second (release) build of the workspace.
+    step(
+        "deployment images",
+        cargo(&["xtask", "images", "--profile", "dev", "--no-build"]),
+    )
 }
 
 fn cargo(args: &[&str]) -> Command {
