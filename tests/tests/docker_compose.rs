@@ -1,8 +1,9 @@
 //! The docker-compose deployment (deploy/docker-compose.yml) end to end: the stack comes up from
 //! the locally built images, its init service creates an organization and a runner token, the
 //! runner (as the image's non-root user with the socket's group) registers, a job whose steps
-//! are sibling containers on the host's engine succeeds, and `down -v` leaves nothing behind:
-//! no container, network or volume of the project, none of the job's.
+//! are sibling containers on the host's engine succeeds, so does one from a git repository (the
+//! image's git), a second `up` changes nothing, and `down -v` leaves nothing behind: no
+//! container, network or volume of the project, none of the jobs'.
 //!
 //! Needs a Docker engine and docker-compose (v1, or `docker compose` v2): without them the test
 //! prints that it was skipped, unless `OUTPOST_REQUIRE_DOCKER=1`. Needs the images of
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use http::Method;
 use outpost_protocol::{
-    JobDetails, JobState, RunnerList, StepState, SubmitJobRequest, SubmitJobResponse, paths,
+    DEFAULT_PIPELINE_PATH, GitSource, JobDetails, JobState, RunnerList, Source, StepState,
+    SubmitJobRequest, SubmitJobResponse, paths,
 };
 use outpost_testkit::{Http, random_secret, unique, wait_until};
 
@@ -38,6 +40,20 @@ steps:
   - name: read
     run: echo \"answer=$(cat answer.txt)\"
 ";
+
+/// Where [`MAKE_REPO`] makes its repository, inside the runner's container.
+const REPO: &str = "/tmp/outpost-e2e-repo";
+/// Makes a one-commit repository at `$1` on branch `main` whose pipeline prints a file of the
+/// checkout.
+const MAKE_REPO: &str = r#"
+rm -rf "$1"
+git init -q -b main "$1"
+cd "$1"
+echo checkout > word.txt
+printf 'version: 1\nimage: outpost-test/busybox:1\nsteps:\n  - name: show\n    run: echo "from-$(cat word.txt)"\n' > .outpost.yml
+git add word.txt .outpost.yml
+git -c user.name=e2e -c user.email=e2e@example.com commit -q -m init
+"#;
 
 #[tokio::test]
 async fn compose_stack_runs_a_job_in_sibling_containers_and_tears_down_clean() {
@@ -75,9 +91,13 @@ async fn compose_stack_runs_a_job_in_sibling_containers_and_tears_down_clean() {
         "%g",
         "/s",
     ]);
+    let project = unique("outpost-e2e");
+    let env_file = std::env::temp_dir().join(format!("{project}.env"));
+    std::fs::write(&env_file, "").expect("the temporary directory is writable");
     let mut stack = Stack {
         compose,
-        project: unique("outpost-e2e"),
+        project,
+        env_file,
         env: vec![
             ("OUTPOST_HUB_PORT", String::new()),
             ("OUTPOST_HUB_ADMIN_KEY", admin_key.clone()),
@@ -144,53 +164,35 @@ async fn compose_stack_runs_a_job_in_sibling_containers_and_tears_down_clean() {
         .json();
     assert_eq!(as_admin.runners.len(), 1, "{as_admin:?}");
 
-    let submitted: SubmitJobResponse = api
-        .post_json(
-            &paths::jobs(&org),
-            &SubmitJobRequest {
-                pipeline: Some(PIPELINE.to_owned()),
-                ..SubmitJobRequest::default()
-            },
-        )
-        .await
-        .expect(201)
-        .json();
-    let job_path = paths::job(&org, &submitted.job_id);
-    let last = Rc::new(RefCell::new(None));
-    wait_until("the job ended", STACK_DEADLINE, || {
-        let api = api.clone();
-        let path = job_path.clone();
-        let last = last.clone();
-        async move {
-            let Ok(answer) = api.send(Method::GET, &path, None).await else {
-                return false;
-            };
-            let job: JobDetails = answer.expect(200).json();
-            let ended = job.state.is_terminal();
-            *last.borrow_mut() = Some(job);
-            ended
-        }
-    })
-    .await;
-    let job = last.take().expect("read above");
-    let log = api
-        .get(&paths::job_log_read(&org, &submitted.job_id, 0, false))
-        .await
-        .expect(200)
-        .text();
-    assert_eq!(job.state, JobState::Success, "{job:?}\nlog:\n{log}");
+    let inline = SubmitJobRequest {
+        pipeline: Some(PIPELINE.to_owned()),
+        ..SubmitJobRequest::default()
+    };
+    let (job, log) = run_job(&api, &org, &inline).await;
     assert_eq!(job.runner_id.as_deref(), Some(runner.runner_id.as_str()));
-    let steps: Vec<(&str, StepState)> = job
-        .steps
-        .iter()
-        .map(|s| (s.name.as_str(), s.state))
-        .collect();
     assert_eq!(
-        steps,
+        step_states(&job),
         [("write", StepState::Success), ("read", StepState::Success)],
         "{job:?}"
     );
     assert!(log.contains("answer=42"), "log:\n{log}");
+
+    // A git source, cloned by the runner with the image's git: a repository made inside the
+    // runner's container, over the local transport (git-upload-pack through the image's shell).
+    stack.compose_ok(&["exec", "-T", "runner", "sh", "-euc", MAKE_REPO, "sh", REPO]);
+    let from_git = SubmitJobRequest {
+        source: Some(Source {
+            git: GitSource {
+                url: format!("file://{REPO}"),
+                git_ref: Some("main".to_owned()),
+            },
+            path: DEFAULT_PIPELINE_PATH.to_owned(),
+        }),
+        ..SubmitJobRequest::default()
+    };
+    let (job, log) = run_job(&api, &org, &from_git).await;
+    assert_eq!(step_states(&job), [("show", StepState::Success)], "{job:?}");
+    assert!(log.contains("from-checkout"), "log:\n{log}");
 
     // The job's containers, network and workspace volume were the engine's (siblings of the
     // runner's container), and the runner removes them once the job is done.
@@ -228,6 +230,47 @@ async fn compose_stack_runs_a_job_in_sibling_containers_and_tears_down_clean() {
     }
     let left = job_resources(&runner.runner_id);
     assert!(left.is_empty(), "job resources left after down: {left:?}");
+}
+
+/// Submits `request`, waits until the job ended and asserts it succeeded; the job and its log.
+async fn run_job(api: &Http, org: &str, request: &SubmitJobRequest) -> (JobDetails, String) {
+    let submitted: SubmitJobResponse = api
+        .post_json(&paths::jobs(org), request)
+        .await
+        .expect(201)
+        .json();
+    let job_path = paths::job(org, &submitted.job_id);
+    let last = Rc::new(RefCell::new(None));
+    wait_until("the job ended", STACK_DEADLINE, || {
+        let api = api.clone();
+        let path = job_path.clone();
+        let last = last.clone();
+        async move {
+            let Ok(answer) = api.send(Method::GET, &path, None).await else {
+                return false;
+            };
+            let job: JobDetails = answer.expect(200).json();
+            let ended = job.state.is_terminal();
+            *last.borrow_mut() = Some(job);
+            ended
+        }
+    })
+    .await;
+    let job = last.take().expect("read above");
+    let log = api
+        .get(&paths::job_log_read(org, &submitted.job_id, 0, false))
+        .await
+        .expect(200)
+        .text();
+    assert_eq!(job.state, JobState::Success, "{job:?}\nlog:\n{log}");
+    (job, log)
+}
+
+fn step_states(job: &JobDetails) -> Vec<(&str, StepState)> {
+    job.steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.state))
+        .collect()
 }
 
 /// The compose command (`docker-compose`, else `docker compose`), or `None` after printing why
@@ -334,6 +377,7 @@ struct Stack {
     compose: Vec<String>,
     project: String,
     env: Vec<(&'static str, String)>,
+    env_file: PathBuf,
     runner_id: Option<String>,
     down: bool,
 }
@@ -345,8 +389,9 @@ impl Stack {
             .arg("-f")
             .arg(compose_file())
             .args(["-p", &self.project])
-            // Not deploy/.env, should a developer have one.
-            .args(["--env-file", "/dev/null"])
+            // An empty file, not deploy/.env should a developer have one.
+            .arg("--env-file")
+            .arg(&self.env_file)
             .args(args)
             .env_remove("OUTPOST_LABELS")
             .env_remove("OUTPOST_CONCURRENCY")
@@ -384,6 +429,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         if self.down {
+            let _ = std::fs::remove_file(&self.env_file);
             return;
         }
         if std::thread::panicking()
@@ -411,5 +457,6 @@ impl Drop for Stack {
                 let _ = Command::new("docker").args(remove).output();
             }
         }
+        let _ = std::fs::remove_file(&self.env_file);
     }
 }

@@ -1,10 +1,12 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //! - `ci`: everything CI checks (format, lints, tests, dependency policy), in that order.
 //! - `test-images`: builds the Docker images the tests use, locally (no registry needed).
+//! - `images`: builds the deployment images `outpost/hub:dev` and `outpost/runner-docker:dev`.
 //! - `bench`: measures the DESIGN.md §7 figures and prints them beside their targets.
 
 mod bench;
 mod ci;
+mod images;
 mod test_images;
 
 use anyhow::bail;
@@ -17,9 +19,10 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("test-images") => test_images::run(),
+        Some("images") => images::run(&rest),
         Some("-h" | "--help") | None => {
             println!(
-                "usage: cargo xtask <task>\n\ntasks:\n  ci           format, lints, tests, dependency policy (what CI runs)\n  test-images  build the local Docker test images\n  bench        measure and print the DESIGN.md §7 figures"
+                "usage: cargo xtask <task>\n\ntasks:\n  ci           format, lints, tests, dependency policy (what CI runs)\n  test-images  build the local Docker test images\n  images       build the deployment images (outpost/hub, outpost/runner-docker)\n  bench        measure and print the DESIGN.md §7 figures"
             );
             Ok(())
         }

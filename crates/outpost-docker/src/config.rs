@@ -93,7 +93,7 @@ fn humantime_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Er
         .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration: {e}")))
 }
 
-/// Configuration of the Docker backend (`[docker]` in the runner's config file).
+/// Configuration of the Docker backend (`[executor]` in runner-docker's config file).
 ///
 /// The runner id is not configured here: it comes with every `PreparedJob` (and through
 /// [`DockerExecutor::set_runner_id`](crate::DockerExecutor::set_runner_id) for sweeps).
