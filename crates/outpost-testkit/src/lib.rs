@@ -28,6 +28,7 @@
 //! # }
 //! ```
 
+mod docker;
 mod http;
 mod hub;
 mod proxy;
@@ -39,6 +40,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::docker::DockerPurge;
 pub use crate::http::{Http, Response, Streaming};
 pub use crate::hub::{Org, TestHub, TestHubBuilder};
 pub use crate::proxy::{FaultMode, FaultProxy, ProxyStats};

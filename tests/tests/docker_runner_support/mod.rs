@@ -84,7 +84,7 @@ pub struct DockerRunner {
     /// Declared first: dropped (killed) before the purge below runs.
     pub process: RunnerProcess,
     pub id: String,
-    _purge: Purge,
+    _purge: outpost_testkit::DockerPurge,
 }
 
 /// Starts `runner-docker` with a unique name for `org` against the hub, waits until it is
@@ -102,7 +102,7 @@ pub async fn start_runner(
     let id = runner_id(hub, org, &name).await;
     DockerRunner {
         process,
-        _purge: Purge(id.clone()),
+        _purge: outpost_testkit::DockerPurge(id.clone()),
         id,
     }
 }
@@ -211,50 +211,4 @@ pub async fn step_container(job_id: &str, index: u32) -> String {
 /// step waiting on a flag: the step runs in the container, not on the test's host).
 pub async fn touch_in(container: &str, path: &str) {
     docker_ok(&["exec", container, "touch", path]).await;
-}
-
-/// Removes every container, network and volume labelled with the runner id, through the CLI so
-/// that it works from `Drop` during a panic too.
-struct Purge(String);
-
-impl Drop for Purge {
-    fn drop(&mut self) {
-        let filter = format!("label=outpost.runner-id={}", self.0);
-        let ids = |args: &[&str]| -> Vec<String> {
-            std::process::Command::new("docker")
-                .args(args)
-                .args(["--filter", &filter, "-q"])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // Removals race with the runner's own cleanup ("removal already in progress"): go round
-        // until nothing is left, with a bound.
-        for _ in 0..50 {
-            let mut left = 0;
-            for (list, remove) in [
-                (&["ps", "-a"][..], &["rm", "-f"][..]),
-                (&["network", "ls"][..], &["network", "rm"][..]),
-                (&["volume", "ls"][..], &["volume", "rm", "-f"][..]),
-            ] {
-                let found = ids(list);
-                left += found.len();
-                if !found.is_empty() {
-                    let _ = std::process::Command::new("docker")
-                        .args(remove)
-                        .args(&found)
-                        .output();
-                }
-            }
-            if left == 0 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
 }

@@ -40,7 +40,7 @@ pub struct Ctx {
     pub exec: DockerExecutor,
     pub docker: Docker,
     pub runner_id: String,
-    _guard: Purge,
+    _guard: outpost_testkit::DockerPurge,
 }
 
 /// `None` (after printing why) when the engine is absent and the CI does not require it.
@@ -68,7 +68,7 @@ pub async fn setup(config: DockerConfig) -> Option<Ctx> {
     Some(Ctx {
         exec,
         docker,
-        _guard: Purge(runner_id.clone()),
+        _guard: outpost_testkit::DockerPurge(runner_id.clone()),
         runner_id,
     })
 }
@@ -78,52 +78,6 @@ pub fn config() -> DockerConfig {
     DockerConfig {
         stop_grace: Duration::from_secs(1),
         ..DockerConfig::default()
-    }
-}
-
-/// Removes every container, network and volume labelled with the runner id, through the CLI so
-/// that it works from `Drop` during a panic too.
-struct Purge(String);
-
-impl Drop for Purge {
-    fn drop(&mut self) {
-        let filter = format!("label=outpost.runner-id={}", self.0);
-        let ids = |args: &[&str]| -> Vec<String> {
-            std::process::Command::new("docker")
-                .args(args)
-                .args(["--filter", &filter, "-q"])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // Removals can race with the executor's own cleanup ("removal already in progress"),
-        // so go round until nothing is left, with a bound.
-        for _ in 0..50 {
-            let mut left = 0;
-            for (list, remove) in [
-                (&["ps", "-a"][..], &["rm", "-f"][..]),
-                (&["network", "ls"][..], &["network", "rm"][..]),
-                (&["volume", "ls"][..], &["volume", "rm", "-f"][..]),
-            ] {
-                let found = ids(list);
-                left += found.len();
-                if !found.is_empty() {
-                    let _ = std::process::Command::new("docker")
-                        .args(remove)
-                        .args(&found)
-                        .output();
-                }
-            }
-            if left == 0 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
     }
 }
 
