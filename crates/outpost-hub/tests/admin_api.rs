@@ -212,9 +212,9 @@ async fn submissions_are_validated() {
     .await
     .expect_status(StatusCode::CREATED)
     .json();
-    let details = org.job(&ok.job_id).await;
+    let details = org.job(ok.job_id.as_str()).await;
     assert_eq!(
-        (details.state, details.spec.source),
+        (details.state, details.spec.source().cloned()),
         (JobState::Queued, Some(source))
     );
 }
@@ -286,7 +286,10 @@ async fn jobs_are_listed_newest_first_with_filter_and_limit() {
     let runner = org.register("r", &[]).await;
     for want in [&ids[0], &ids[2], &ids[3]] {
         assert_eq!(
-            org.acquire(&runner, 0).await.map(|j| j.job_id).as_ref(),
+            org.acquire(&runner, 0)
+                .await
+                .map(|j| j.job_id.into_string())
+                .as_ref(),
             Some(want)
         );
     }
@@ -374,7 +377,12 @@ async fn the_library_admin_api_works_on_the_same_store() {
     };
     let runner = org.register("r", &[]).await;
     let job = org.submit(&[]).await;
-    assert_eq!(org.acquire(&runner, 0).await.map(|j| j.job_id), Some(job));
+    assert_eq!(
+        org.acquire(&runner, 0)
+            .await
+            .map(|j| j.job_id.into_string()),
+        Some(job)
+    );
     let listed = hub.hub.list_runner_tokens("embedded").await.expect("list");
     assert_eq!(listed.len(), 1);
     hub.hub

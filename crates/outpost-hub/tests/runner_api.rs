@@ -27,7 +27,7 @@ async fn heartbeat(
     wait_s: u64,
 ) -> HeartbeatResponse {
     let request = HeartbeatRequest {
-        runner_id: runner_id.to_owned(),
+        runner_id: runner_id.into(),
         jobs: jobs.to_vec(),
         wait_s,
     };
@@ -103,7 +103,10 @@ async fn acquire_is_woken_by_an_enqueue() {
     assert_eq!(job.job_id, job_id);
     let details = org.job(&job_id).await;
     assert_eq!(details.state, JobState::Assigned);
-    assert_eq!(details.runner_id.as_deref(), Some(runner.as_str()));
+    assert_eq!(
+        details.runner_id.as_ref().map(|r| r.as_str()),
+        Some(runner.as_str())
+    );
     hub.wait_metric("outpost_hub_acquire_waiting", 0.0).await;
 }
 
@@ -115,14 +118,16 @@ async fn acquire_answers_204_after_wait_s_and_on_free_slots_zero() {
     assert!(org.acquire(&runner, 1).await.is_none());
     let job_id = org.submit(&[]).await;
     let request = outpost_protocol::AcquireRequest {
-        runner_id: runner.clone(),
+        runner_id: runner.clone().into(),
         free_slots: 0,
         wait_s: 0,
     };
     let answer = org.runner_api.post_json(paths::ACQUIRE, &request).await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
     assert_eq!(
-        org.acquire(&runner, 0).await.map(|j| j.job_id),
+        org.acquire(&runner, 0)
+            .await
+            .map(|j| j.job_id.into_string()),
         Some(job_id)
     );
 }
@@ -137,13 +142,19 @@ async fn dispatch_is_fifo_and_routes_by_labels() {
     let b = org.submit(&[]).await;
     let c = org.submit(&["linux"]).await;
     // The plain runner skips the gpu job and takes the others in order.
-    assert_eq!(org.acquire(&plain, 0).await.map(|j| j.job_id), Some(b));
-    assert_eq!(org.acquire(&plain, 0).await.map(|j| j.job_id), Some(c));
+    assert_eq!(
+        org.acquire(&plain, 0).await.map(|j| j.job_id.into_string()),
+        Some(b)
+    );
+    assert_eq!(
+        org.acquire(&plain, 0).await.map(|j| j.job_id.into_string()),
+        Some(c)
+    );
     assert!(org.acquire(&plain, 0).await.is_none());
     let job = org.acquire(&gpu, 0).await.expect("the gpu job");
     assert_eq!(job.job_id, a);
     assert_eq!(job.labels, vec!["linux".to_owned(), "gpu".to_owned()]);
-    assert_eq!(job.spec.pipeline.as_deref(), Some(common::PIPELINE));
+    assert_eq!(job.spec.pipeline(), Some(common::PIPELINE));
 }
 
 #[tokio::test]
@@ -156,7 +167,7 @@ async fn another_orgs_runner_never_sees_a_job() {
     assert!(b.acquire(&runner_b, 0).await.is_none());
     // A runner id of org B used with org A's token is unknown there.
     let request = outpost_protocol::AcquireRequest {
-        runner_id: runner_b.clone(),
+        runner_id: runner_b.clone().into(),
         free_slots: 1,
         wait_s: 0,
     };
@@ -873,7 +884,9 @@ async fn a_restarted_hub_keeps_everything_and_its_runners_carry_on() {
         .await;
     assert_eq!(&log.body[..], b"before after");
     assert_eq!(
-        org.acquire(&runner, 0).await.map(|j| j.job_id),
+        org.acquire(&runner, 0)
+            .await
+            .map(|j| j.job_id.into_string()),
         Some(queued)
     );
 }

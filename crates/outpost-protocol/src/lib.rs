@@ -4,6 +4,7 @@
 //! The JSON form of each message is pinned by fixture tests (`tests/fixtures/*.json`); a change
 //! that breaks one is a wire-format change and needs a new API version.
 
+mod ids;
 mod time;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ids::{JobId, LeaseId, RunnerId};
 pub use crate::time::Timestamp;
 
 /// The API version every path lives under.
@@ -358,7 +360,7 @@ pub struct RegisterRequest {
 /// Answer to [`RegisterRequest`]. Registering the same name again returns the same `runner_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     /// Seconds a lease lasts without a heartbeat.
     pub lease_ttl_s: u64,
     /// Seconds the runner should hold a heartbeat long-poll (`wait_s`) at most.
@@ -369,7 +371,7 @@ pub struct RegisterResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     pub free_slots: u32,
     /// Seconds to hold the request open when no job is queued; the hub caps it.
     pub wait_s: u64,
@@ -384,8 +386,8 @@ pub struct AcquireResponse {
 /// A job handed to one runner under a lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobAssignment {
-    pub job_id: String,
-    pub lease_id: String,
+    pub job_id: JobId,
+    pub lease_id: LeaseId,
     pub lease_expires_at: Timestamp,
     /// The pipeline: inline, or where the runner fetches it from.
     #[serde(flatten)]
@@ -398,15 +400,46 @@ pub struct JobAssignment {
     pub created_at: Timestamp,
 }
 
-/// Where a job's pipeline comes from: exactly one of `pipeline` (inline YAML) and `source`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct JobSpec {
+/// Where a job's pipeline comes from: inline YAML (`pipeline`) or a repository (`source`). On the
+/// wire it is flattened into its message as exactly one of those two keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobSpec {
     /// The pipeline file's text, inline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pipeline: Option<String>,
+    Inline { pipeline: String },
     /// A repository the runner clones inside the premises.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Source>,
+    Repo { source: Source },
+}
+
+impl JobSpec {
+    /// The inline pipeline's text, if the job has one.
+    pub fn pipeline(&self) -> Option<&str> {
+        match self {
+            JobSpec::Inline { pipeline } => Some(pipeline),
+            JobSpec::Repo { .. } => None,
+        }
+    }
+
+    /// The repository, if the job's pipeline lives in one.
+    pub fn source(&self) -> Option<&Source> {
+        match self {
+            JobSpec::Inline { .. } => None,
+            JobSpec::Repo { source } => Some(source),
+        }
+    }
+
+    /// From the two optional keys of a submission: exactly one must be given.
+    pub fn from_parts(
+        pipeline: Option<String>,
+        source: Option<Source>,
+    ) -> Result<JobSpec, &'static str> {
+        match (pipeline, source) {
+            (Some(pipeline), None) => Ok(JobSpec::Inline { pipeline }),
+            (None, Some(source)) => Ok(JobSpec::Repo { source }),
+            (Some(_), Some(_)) => Err("give exactly one of `pipeline` and `source`, not both"),
+            (None, None) => Err("give exactly one of `pipeline` (inline YAML) and `source`"),
+        }
+    }
 }
 
 /// A pipeline in a repository.
@@ -440,8 +473,8 @@ pub struct GitSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeldLease {
-    pub job_id: String,
-    pub lease_id: String,
+    pub job_id: JobId,
+    pub lease_id: LeaseId,
 }
 
 /// `POST /api/v1/runner/heartbeat`: renews the leases of all of a runner's jobs and long-polls
@@ -449,7 +482,7 @@ pub struct HeldLease {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     #[serde(default)]
     pub jobs: Vec<HeldLease>,
     pub wait_s: u64,
@@ -464,7 +497,7 @@ pub struct HeartbeatResponse {
 /// The state of one lease after a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseStatus {
-    pub job_id: String,
+    pub job_id: JobId,
     /// The lease is gone (expired, job ended or re-assigned): the runner must stop the job.
     #[serde(default)]
     pub lease_lost: bool,
@@ -508,7 +541,7 @@ pub struct StepUpdate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
-    pub lease_id: String,
+    pub lease_id: LeaseId,
     pub result: JobResult,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
@@ -519,7 +552,7 @@ pub struct CompleteRequest {
 /// Answer to [`CompleteRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompleteResponse {
-    pub job_id: String,
+    pub job_id: JobId,
     pub state: JobState,
 }
 
@@ -581,7 +614,7 @@ pub struct RunnerList {
 /// A registered runner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerInfo {
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     pub name: String,
     pub labels: Vec<String>,
     pub executor: String,
@@ -608,7 +641,7 @@ pub struct SubmitJobRequest {
 /// `201` answer to [`SubmitJobRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitJobResponse {
-    pub job_id: String,
+    pub job_id: JobId,
 }
 
 /// `GET /api/v1/orgs/{org}/jobs?state=S&limit=N` answer, newest first.
@@ -620,7 +653,7 @@ pub struct JobList {
 /// A job as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSummary {
-    pub job_id: String,
+    pub job_id: JobId,
     pub state: JobState,
     #[serde(default)]
     pub labels: Vec<String>,
@@ -632,7 +665,7 @@ pub struct JobSummary {
 /// `GET /api/v1/orgs/{org}/jobs/{id}` answer: the job with its state, result and steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobDetails {
-    pub job_id: String,
+    pub job_id: JobId,
     pub state: JobState,
     #[serde(default)]
     pub failure: Option<Failure>,
@@ -644,7 +677,7 @@ pub struct JobDetails {
     pub variables: BTreeMap<String, String>,
     /// The runner that holds or held the job.
     #[serde(default)]
-    pub runner_id: Option<String>,
+    pub runner_id: Option<RunnerId>,
     pub created_at: Timestamp,
     #[serde(default)]
     pub started_at: Option<Timestamp>,
@@ -693,7 +726,7 @@ impl From<StepUpdate> for StepInfo {
 /// (`cancelled` at once for a queued job; unchanged, with the cancel pending, for a running one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelResponse {
-    pub job_id: String,
+    pub job_id: JobId,
     pub state: JobState,
     pub cancel_requested: bool,
 }

@@ -84,9 +84,8 @@ fn runner_side() {
                 job_id: "j_1".into(),
                 lease_id: "l_1".into(),
                 lease_expires_at: ts(1_795_000_060_000),
-                spec: JobSpec {
-                    pipeline: Some("version: 1\n".into()),
-                    source: None,
+                spec: JobSpec::Inline {
+                    pipeline: "version: 1\n".into(),
                 },
                 labels: vec!["linux".into()],
                 variables: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
@@ -101,15 +100,14 @@ fn runner_side() {
                 job_id: "j_2".into(),
                 lease_id: "l_2".into(),
                 lease_expires_at: ts(1_795_000_060_000),
-                spec: JobSpec {
-                    pipeline: None,
-                    source: Some(Source {
+                spec: JobSpec::Repo {
+                    source: Source {
                         git: GitSource {
                             url: "https://git.example/app.git".into(),
                             git_ref: Some("main".into()),
                         },
                         path: DEFAULT_PIPELINE_PATH.into(),
-                    }),
+                    },
                 },
                 labels: vec![],
                 variables: BTreeMap::new(),
@@ -268,9 +266,8 @@ fn admin_side() {
             job_id: "j_1".into(),
             state: JobState::Lost,
             failure: Some(Failure::new(FailureClass::RunnerLost, "lease expired")),
-            spec: JobSpec {
-                pipeline: Some("version: 1\n".into()),
-                source: None,
+            spec: JobSpec::Inline {
+                pipeline: "version: 1\n".into(),
             },
             labels: vec![],
             variables: BTreeMap::new(),

@@ -153,18 +153,9 @@ pub(crate) async fn submit_job(
         labels,
         variables,
     } = request;
-    match (&pipeline, &source) {
-        (Some(_), Some(_)) => {
-            return Err(unprocessable(
-                "give exactly one of `pipeline` and `source`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(unprocessable(
-                "give exactly one of `pipeline` (inline YAML) and `source`",
-            ));
-        }
-        (Some(text), None) => {
+    let spec = JobSpec::from_parts(pipeline, source).map_err(unprocessable)?;
+    match &spec {
+        JobSpec::Inline { pipeline: text } => {
             let max = state.config.max_pipeline_bytes;
             if text.len() > max {
                 return Err(ApiError::too_large(format!(
@@ -174,7 +165,7 @@ pub(crate) async fn submit_job(
             }
             validate_pipeline(text).map_err(unprocessable)?;
         }
-        (None, Some(source)) => {
+        JobSpec::Repo { source } => {
             if source.git.url.trim().is_empty() {
                 return Err(unprocessable("source.git.url must not be empty"));
             }
@@ -190,7 +181,7 @@ pub(crate) async fn submit_job(
     let job_id = new_id("j_");
     let job = NewJob {
         job_id: job_id.clone(),
-        spec: JobSpec { pipeline, source },
+        spec,
         labels: labels.clone(),
         variables,
         now: Timestamp::now(),
@@ -199,7 +190,12 @@ pub(crate) async fn submit_job(
     state.metrics.jobs_submitted.inc();
     tracing::info!(org = %org.name, job = %job_id, "job submitted");
     state.job_enqueued(org.id, &labels);
-    Ok((StatusCode::CREATED, Json(SubmitJobResponse { job_id })))
+    Ok((
+        StatusCode::CREATED,
+        Json(SubmitJobResponse {
+            job_id: job_id.into(),
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,7 +259,7 @@ pub(crate) async fn cancel_job(
         state.heartbeats.wake(runner, |()| true);
     }
     Ok(Json(CancelResponse {
-        job_id: id,
+        job_id: id.into(),
         state: outcome.state,
         cancel_requested: outcome.cancel_requested,
     }))

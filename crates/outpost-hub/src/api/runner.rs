@@ -75,7 +75,7 @@ pub(crate) async fn register(
         .await?;
     tracing::info!(org = %org.name, runner = %runner_id, %name, "runner registered");
     Ok(Json(RegisterResponse {
-        runner_id,
+        runner_id: runner_id.into(),
         lease_ttl_s: state.config.lease_ttl_s,
         heartbeat_interval_s: state.config.advertised_heartbeat_interval_s(),
     }))
@@ -91,7 +91,7 @@ pub(crate) async fn acquire(
     check_wait(&state, request.wait_s)?;
     let runner = state
         .store
-        .touch_runner(org.id, request.runner_id, Timestamp::now())
+        .touch_runner(org.id, request.runner_id.into_string(), Timestamp::now())
         .await?;
     if request.free_slots == 0 {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -156,7 +156,7 @@ async fn renew(
         .store
         .heartbeat(
             org.id,
-            request.runner_id.clone(),
+            request.runner_id.as_str().to_owned(),
             request.jobs.clone(),
             now,
             expires_at,
@@ -175,8 +175,11 @@ pub(crate) async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     check_wait(&state, request.wait_s)?;
     let hold = Duration::from_millis(state.config.heartbeat_hold_ms(request.wait_s));
-    let waiter =
-        (!hold.is_zero()).then(|| state.heartbeats.register(request.runner_id.clone(), ()));
+    let waiter = (!hold.is_zero()).then(|| {
+        state
+            .heartbeats
+            .register(request.runner_id.as_str().to_owned(), ())
+    });
     let outcome = renew(&state, &org, &request).await?;
     let Some(waiter) = waiter else {
         return Ok(Json(HeartbeatResponse {
@@ -257,7 +260,7 @@ pub(crate) async fn complete(
         state.job_ended(&job_id, completed.state);
     }
     Ok(Json(CompleteResponse {
-        job_id,
+        job_id: job_id.into(),
         state: completed.state,
     }))
 }

@@ -344,7 +344,7 @@ fn spec(row: &Row<'_>, pipeline_col: usize, source_col: usize) -> rusqlite::Resu
         .map(|s| serde_json::from_str::<Source>(&s))
         .transpose()
         .map_err(|e| conversion(source_col, e.to_string()))?;
-    Ok(JobSpec { pipeline, source })
+    JobSpec::from_parts(pipeline, source).map_err(|e| conversion(pipeline_col, e.to_owned()))
 }
 
 /// The facts about a job most calls start from.
@@ -682,7 +682,7 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([org], |r| {
                 Ok(RunnerInfo {
-                    runner_id: r.get(0)?,
+                    runner_id: r.get::<_, String>(0)?.into(),
                     name: r.get(1)?,
                     labels: from_json(r, 2)?,
                     executor: r.get(3)?,
@@ -698,7 +698,7 @@ impl Store for SqliteStore {
 
     async fn submit_job(&self, org: OrgId, job: NewJob) -> Result<(), StoreError> {
         self.write("submit job", move |tx| {
-            let source = job.spec.source.as_ref().map(to_json).transpose()?;
+            let source = job.spec.source().map(to_json).transpose()?;
             let now = job.now.unix_millis();
             tx.execute(
                 "INSERT INTO jobs (id, org_id, state, pipeline, source, labels, variables,
@@ -707,7 +707,7 @@ impl Store for SqliteStore {
                 params![
                     job.job_id,
                     org,
-                    job.spec.pipeline,
+                    job.spec.pipeline(),
                     source,
                     to_json(&job.labels)?,
                     to_json(&job.variables)?,
@@ -752,8 +752,8 @@ impl Store for SqliteStore {
                     |r| {
                         Ok(Claimed {
                             assignment: JobAssignment {
-                                job_id: r.get(0)?,
-                                lease_id: lease.lease_id.clone(),
+                                job_id: r.get::<_, String>(0)?.into(),
+                                lease_id: lease.lease_id.as_str().into(),
                                 lease_expires_at: lease.expires_at,
                                 spec: spec(r, 1, 2)?,
                                 labels: from_json(r, 3)?,
@@ -802,7 +802,7 @@ impl Store for SqliteStore {
                     lease_expires_at: None,
                     cancel_requested: false,
                 };
-                let head = match job_head(tx, org, &held.job_id) {
+                let head = match job_head(tx, org, held.job_id.as_str()) {
                     Ok(head) => head,
                     Err(Fail::Domain(StoreError::NotFound { .. })) => {
                         outcome.news = true;
@@ -825,7 +825,7 @@ impl Store for SqliteStore {
                 if head.lease_expires_at.is_none_or(|t| t <= now.unix_millis()) {
                     outcome
                         .expired
-                        .push(expire_job(tx, org, &held.job_id, &head, now)?);
+                        .push(expire_job(tx, org, held.job_id.as_str(), &head, now)?);
                     outcome.news = true;
                     outcome.statuses.push(LeaseStatus {
                         cancel_requested: head.cancel_requested,
@@ -1058,7 +1058,7 @@ impl Store for SqliteStore {
             if head.lease_id.as_deref() != Some(request.lease_id.as_str()) {
                 return Err(StoreError::LeaseMismatch {
                     job: job_id,
-                    lease: request.lease_id,
+                    lease: request.lease_id.into_string(),
                 }
                 .into());
             }
@@ -1167,7 +1167,7 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map(params![org, state.map(JobState::as_str), limit], |r| {
                 Ok(JobSummary {
-                    job_id: r.get(0)?,
+                    job_id: r.get::<_, String>(0)?.into(),
                     state: job_state(r, 1)?,
                     labels: from_json(r, 2)?,
                     created_at: ts(r, 3)?,
@@ -1192,13 +1192,13 @@ impl Store for SqliteStore {
                         Ok((
                             r.get::<_, i64>(0)?,
                             JobDetails {
-                                job_id: r.get(1)?,
+                                job_id: r.get::<_, String>(1)?.into(),
                                 state: job_state(r, 2)?,
                                 failure: failure(r, 3, 4)?,
                                 spec: spec(r, 5, 6)?,
                                 labels: from_json(r, 7)?,
                                 variables: from_json(r, 8)?,
-                                runner_id: r.get(9)?,
+                                runner_id: r.get::<_, Option<String>>(9)?.map(Into::into),
                                 created_at: ts(r, 10)?,
                                 started_at: opt_ts(r, 11)?,
                                 finished_at: opt_ts(r, 12)?,

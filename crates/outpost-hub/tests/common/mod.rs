@@ -194,7 +194,7 @@ impl TestOrg {
             .await
             .expect_status(StatusCode::CREATED)
             .json();
-        answer.job_id
+        answer.job_id.into_string()
     }
 
     pub async fn job(&self, job_id: &str) -> JobDetails {
@@ -219,7 +219,7 @@ impl TestOrg {
             .await
             .expect_status(StatusCode::OK)
             .json();
-        answer.runner_id
+        answer.runner_id.into_string()
     }
 
     /// Acquires with `wait_s`: `Some` on 200, `None` on 204.
@@ -230,7 +230,7 @@ impl TestOrg {
 
 pub async fn acquire(api: &Api, runner_id: &str, wait_s: u64) -> Option<JobAssignment> {
     let request = AcquireRequest {
-        runner_id: runner_id.to_owned(),
+        runner_id: runner_id.into(),
         free_slots: 1,
         wait_s,
     };
