@@ -1,10 +1,11 @@
 //! The runner's log pipeline (DESIGN.md §6 points 1 and 6): a job's output is masked
 //! ([`Masker`]), appended to a per-job spool file on disk ([`Spool`]), and uploaded to the hub
 //! from the hub's committed offset ([`Uploader`]) through the [`LogTarget`] trait the runner
-//! implements with its hub client. [`JobLog`] puts the writing half together.
+//! implements with its hub client. [`JobLog`] puts the writing half together: it is the one log
+//! writer of the runner (step sections, runner lines, reattach [`ProgressRecord`]s).
 //!
 //! ```text
-//! executor output ──► JobLog::write ──► Masker ──► Spool (file) ──► Uploader ──► LogTarget (hub)
+//! executor output ──► JobLog::output ──► Masker ──► Spool (file) ──► Uploader ──► LogTarget (hub)
 //!                                                   │ len watch ──────┘ wakes
 //! ```
 //!
@@ -15,6 +16,7 @@
 mod forms;
 mod joblog;
 mod masker;
+mod progress;
 mod spool;
 mod upload;
 
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 pub use crate::forms::MIN_SECRET_LEN;
 pub use crate::joblog::JobLog;
 pub use crate::masker::Masker;
+pub use crate::progress::ProgressRecord;
 pub use crate::spool::{Spool, SpoolReader, UNLIMITED, truncation_notice};
 pub use crate::upload::{LogTarget, TargetError, Uploader, UploaderConfig, UploaderHandle};
 

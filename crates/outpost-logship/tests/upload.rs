@@ -239,7 +239,7 @@ fn spool_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
 
 /// Writes everything, finishes the log and the upload, and checks the stored log.
 async fn write_all_and_finish(
-    log: &JobLog,
+    log: &mut JobLog,
     handle: outpost_logship::UploaderHandle,
     writes: &[Vec<u8>],
 ) -> u64 {
@@ -271,14 +271,14 @@ async fn healthy_target_gets_the_masked_log_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (writes, expected) = job_output(512 * 1024, 1);
     let target = MemTarget::healthy();
-    let log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
+    let mut log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
     let handle = Uploader::spawn(
         log.reader(),
         target.clone(),
         fast_config(),
         CancellationToken::new(),
     );
-    write_all_and_finish(&log, handle, &writes).await;
+    write_all_and_finish(&mut log, handle, &writes).await;
     assert_same(&target.stored(), &expected);
     assert_eq!(target.mismatches(), 0);
     assert_eq!(
@@ -295,7 +295,7 @@ async fn outage_then_recovery_is_byte_exact_and_memory_stays_bounded() {
     let target = MemTarget::healthy();
     target.set_down(true);
     let config = fast_config();
-    let log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
+    let mut log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
     let handle = Uploader::spawn(
         log.reader(),
         target.clone(),
@@ -356,14 +356,14 @@ async fn a_long_run_of_retryable_failures_and_partial_acceptance() {
         c if c % 2 == 0 => Fault::Retryable,
         _ => Fault::AcceptAtMost(1000),
     }));
-    let log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
+    let mut log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
     let handle = Uploader::spawn(
         log.reader(),
         target.clone(),
         fast_config(),
         CancellationToken::new(),
     );
-    write_all_and_finish(&log, handle, &writes).await;
+    write_all_and_finish(&mut log, handle, &writes).await;
     assert_same(&target.stored(), &expected);
     assert!(
         target
@@ -387,7 +387,7 @@ async fn gaps_make_the_uploader_resend_from_the_hubs_offset() {
             Fault::None
         }
     }));
-    let log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
+    let mut log = JobLog::open(&spool_path(&dir), UNLIMITED, masker()).expect("open");
     let config = UploaderConfig {
         max_batch: 8 * 1024,
         ..fast_config()
@@ -398,7 +398,7 @@ async fn gaps_make_the_uploader_resend_from_the_hubs_offset() {
         config,
         CancellationToken::new(),
     );
-    write_all_and_finish(&log, handle, &writes).await;
+    write_all_and_finish(&mut log, handle, &writes).await;
     assert_same(&target.stored(), &expected);
     let appends = target.appends();
     assert!(
@@ -415,7 +415,7 @@ async fn starts_from_the_hubs_committed_offset() {
     let (first, second, expected) = two_runs(100 * 1024, 5);
     // An earlier runner process spooled the first part and the hub committed 70_000 bytes.
     {
-        let log = JobLog::open(&path, UNLIMITED, masker()).expect("open");
+        let mut log = JobLog::open(&path, UNLIMITED, masker()).expect("open");
         for w in &first {
             log.write(w).expect("write");
         }
@@ -426,7 +426,7 @@ async fn starts_from_the_hubs_committed_offset() {
     let target = MemTarget::healthy().with_stored(&spooled[..70_000]);
 
     // The restarted runner reopens the spool and carries on.
-    let log = JobLog::open(&path, UNLIMITED, masker()).expect("reopen");
+    let mut log = JobLog::open(&path, UNLIMITED, masker()).expect("reopen");
     assert_eq!(log.len(), spooled.len() as u64);
     let handle = Uploader::spawn(
         log.reader(),
@@ -434,7 +434,7 @@ async fn starts_from_the_hubs_committed_offset() {
         fast_config(),
         CancellationToken::new(),
     );
-    write_all_and_finish(&log, handle, &second).await;
+    write_all_and_finish(&mut log, handle, &second).await;
     assert_same(&target.stored(), &expected);
     let appends = target.appends();
     assert_eq!(
@@ -451,7 +451,7 @@ async fn restart_mid_upload_loses_and_duplicates_nothing() {
     let (first, second, expected) = two_runs(150 * 1024, 6);
     let target = MemTarget::new(Box::new(|_, _, _| Fault::AcceptAtMost(5000)));
     {
-        let log = JobLog::open(&path, UNLIMITED, masker()).expect("open");
+        let mut log = JobLog::open(&path, UNLIMITED, masker()).expect("open");
         let handle = Uploader::spawn(
             log.reader(),
             target.clone(),
@@ -466,14 +466,14 @@ async fn restart_mid_upload_loses_and_duplicates_nothing() {
         drop(handle);
         log.finish().await.expect("finish");
     }
-    let log = JobLog::open(&path, UNLIMITED, masker()).expect("reopen");
+    let mut log = JobLog::open(&path, UNLIMITED, masker()).expect("reopen");
     let handle = Uploader::spawn(
         log.reader(),
         target.clone(),
         fast_config(),
         CancellationToken::new(),
     );
-    write_all_and_finish(&log, handle, &second).await;
+    write_all_and_finish(&mut log, handle, &second).await;
     assert_same(&target.stored(), &expected);
     assert_eq!(target.mismatches(), 0);
 }
@@ -487,7 +487,7 @@ async fn first_bytes_go_out_at_once_and_finish_does_not_wait_for_the_interval() 
         flush_interval: Duration::from_secs(3600),
         ..fast_config()
     };
-    let log = JobLog::open(&spool_path(&dir), UNLIMITED, Masker::none()).expect("open");
+    let mut log = JobLog::open(&spool_path(&dir), UNLIMITED, Masker::none()).expect("open");
     let handle = Uploader::spawn(
         log.reader(),
         target.clone(),
@@ -524,7 +524,7 @@ async fn fatal_refusal_stops_the_upload_with_an_error() {
             Fault::AcceptAtMost(10)
         }
     }));
-    let log = JobLog::open(&spool_path(&dir), UNLIMITED, Masker::none()).expect("open");
+    let mut log = JobLog::open(&spool_path(&dir), UNLIMITED, Masker::none()).expect("open");
     let handle = Uploader::spawn(
         log.reader(),
         target.clone(),
@@ -554,7 +554,7 @@ async fn cancellation_ends_an_endless_outage() {
     let target = MemTarget::healthy();
     target.set_down(true);
     let cancel = CancellationToken::new();
-    let log = JobLog::open(&spool_path(&dir), UNLIMITED, Masker::none()).expect("open");
+    let mut log = JobLog::open(&spool_path(&dir), UNLIMITED, Masker::none()).expect("open");
     let handle = Uploader::spawn(log.reader(), target.clone(), fast_config(), cancel.clone());
     log.write(b"never delivered\n").expect("write");
     let final_len = log.finish().await.expect("finish");
@@ -582,7 +582,7 @@ async fn capped_log_uploads_the_truncation_notice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = MemTarget::healthy();
     let path = spool_path(&dir);
-    let log = JobLog::open(&path, 100, Masker::none()).expect("open");
+    let mut log = JobLog::open(&path, 100, Masker::none()).expect("open");
     let handle = Uploader::spawn(
         log.reader(),
         target.clone(),

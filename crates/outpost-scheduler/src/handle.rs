@@ -1,16 +1,17 @@
 //! The handle the agent holds on a running scheduler: the drain contract (DESIGN.md §6.4),
 //! readiness for `/readyz`, and what is running.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
+use outpost_protocol::JobId;
 use tokio_util::sync::CancellationToken;
 
 use crate::fatal::Fatal;
+use crate::registry::JobRegistry;
 
 /// State shared by the scheduler's tasks and its handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     drains: AtomicU32,
     /// First drain request: take no more jobs.
@@ -23,31 +24,21 @@ pub(crate) struct Shared {
     /// Registered and taking jobs.
     pub accepting: AtomicBool,
     pub fatal: Fatal,
-    running: Mutex<BTreeSet<String>>,
+    /// The jobs this runner holds.
+    pub registry: JobRegistry,
 }
 
 impl Shared {
-    pub(crate) fn add_running(&self, job_id: &str) {
-        self.running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(job_id.to_owned());
-    }
-
-    pub(crate) fn remove_running(&self, job_id: &str) {
-        self.running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(job_id);
-    }
-
-    pub(crate) fn running(&self) -> Vec<String> {
-        self.running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+    pub(crate) fn new(registry: JobRegistry) -> Self {
+        Self {
+            drains: AtomicU32::new(0),
+            draining: CancellationToken::new(),
+            cancel_now: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            accepting: AtomicBool::new(false),
+            fatal: Fatal::default(),
+            registry,
+        }
     }
 }
 
@@ -109,7 +100,7 @@ impl SchedulerHandle {
     }
 
     /// The ids of the jobs the backend is running now, sorted.
-    pub fn running_jobs(&self) -> Vec<String> {
-        self.shared.running()
+    pub fn running_jobs(&self) -> Vec<JobId> {
+        self.shared.registry.running()
     }
 }

@@ -12,9 +12,7 @@
 //!
 //! The two time-dependent gauges are refreshed every second while the scheduler runs.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use outpost_protocol::JobResult;
 use prometheus_client::metrics::counter::Counter;
@@ -22,7 +20,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 
 /// The metric handles (cheap to clone: they share their values).
 #[derive(Clone)]
@@ -93,45 +90,5 @@ impl Metrics {
         self.jobs
             .get_or_create(&vec![("result".to_owned(), label)])
             .inc();
-    }
-}
-
-/// A job's spooled and committed log lengths.
-type Lengths = (watch::Receiver<u64>, watch::Receiver<u64>);
-
-/// The log uploaders alive, to sum their unsent bytes.
-#[derive(Clone, Default)]
-pub(crate) struct LogStats {
-    jobs: Arc<Mutex<HashMap<String, Lengths>>>,
-}
-
-impl LogStats {
-    /// Tracks a job's spooled and committed lengths.
-    pub(crate) fn track(
-        &self,
-        job_id: &str,
-        spooled: watch::Receiver<u64>,
-        committed: watch::Receiver<u64>,
-    ) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(job_id.to_owned(), (spooled, committed));
-    }
-
-    pub(crate) fn forget(&self, job_id: &str) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(job_id);
-    }
-
-    pub(crate) fn unsent(&self) -> u64 {
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(|(spooled, committed)| spooled.borrow().saturating_sub(*committed.borrow()))
-            .sum()
     }
 }

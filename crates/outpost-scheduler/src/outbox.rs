@@ -9,7 +9,7 @@
 //! stops only on answers that can never succeed (`404`, `409 invalid_state`, …), which are
 //! logged and dropped, or when the hub refuses the token (`401`), which stops the runner.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use outpost_client::{ClientError, Completion, HubClient};
-use outpost_protocol::{CompleteRequest, ErrorCode, StepUpdate};
+use outpost_protocol::{CompleteRequest, ErrorCode, JobId, StepUpdate};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::fatal::Fatal;
+use crate::registry::JobRegistry;
 use crate::state;
 
 /// What an entry asks the hub to do.
@@ -40,7 +41,7 @@ pub(crate) enum Item {
 /// One queued message, as stored in `<state>/outbox/<seq>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Entry {
-    pub job_id: String,
+    pub job_id: JobId,
     #[serde(flatten)]
     pub item: Item,
 }
@@ -63,10 +64,8 @@ struct Shared {
 struct State {
     next_seq: u64,
     entries: BTreeMap<u64, Entry>,
-    /// Per job, the committed length of its log as the uploader reports it.
-    gates: HashMap<String, watch::Receiver<u64>>,
     /// Jobs that have a delivery worker.
-    active: HashSet<String>,
+    active: HashSet<JobId>,
 }
 
 impl Outbox {
@@ -128,9 +127,9 @@ impl Outbox {
     }
 
     /// Queues an entry: it is on disk (fsynced) when this returns. Answers its sequence number.
-    pub(crate) async fn push(&self, job_id: &str, item: Item) -> io::Result<u64> {
+    pub(crate) async fn push(&self, job_id: &JobId, item: Item) -> io::Result<u64> {
         let entry = Entry {
-            job_id: job_id.to_owned(),
+            job_id: job_id.clone(),
             item,
         };
         let seq = {
@@ -157,23 +156,13 @@ impl Outbox {
         self.shared.dir.join(format!("{seq:020}.json"))
     }
 
-    /// Lets completions of `job_id` wait until its log uploader reports `log_bytes` committed.
-    pub(crate) fn set_log_gate(&self, job_id: &str, committed: watch::Receiver<u64>) {
-        self.lock().gates.insert(job_id.to_owned(), committed);
-    }
-
-    /// Forgets a job's log gate (its uploader is gone).
-    pub(crate) fn clear_log_gate(&self, job_id: &str) {
-        self.lock().gates.remove(job_id);
-    }
-
     /// The pending completion of a job, if one is queued.
-    pub(crate) fn pending_completion(&self, job_id: &str) -> Option<(u64, CompleteRequest)> {
+    pub(crate) fn pending_completion(&self, job_id: &JobId) -> Option<(u64, CompleteRequest)> {
         self.lock()
             .entries
             .iter()
             .find_map(|(seq, e)| match &e.item {
-                Item::Complete(c) if e.job_id == job_id => Some((*seq, c.clone())),
+                Item::Complete(c) if &e.job_id == job_id => Some((*seq, c.clone())),
                 _ => None,
             })
     }
@@ -203,14 +192,21 @@ impl Outbox {
         }
     }
 
-    /// Delivers entries until `stop` fires: one worker per job with pending entries.
-    pub(crate) async fn run(self, client: HubClient, fatal: Fatal, stop: CancellationToken) {
+    /// Delivers entries until `stop` fires: one worker per job with pending entries. A
+    /// completion waits until the job's uploader (found in `registry`) reports its log committed.
+    pub(crate) async fn run(
+        self,
+        client: HubClient,
+        registry: JobRegistry,
+        fatal: Fatal,
+        stop: CancellationToken,
+    ) {
         let mut workers = JoinSet::new();
         let mut rx = self.shared.changed.subscribe();
         loop {
-            let idle: Vec<String> = {
+            let idle: Vec<JobId> = {
                 let mut st = self.lock();
-                let jobs: Vec<String> = st
+                let jobs: Vec<JobId> = st
                     .entries
                     .values()
                     .map(|e| e.job_id.clone())
@@ -225,6 +221,7 @@ impl Outbox {
                 let worker = Worker {
                     outbox: self.clone(),
                     client: client.clone(),
+                    registry: registry.clone(),
                     fatal: fatal.clone(),
                     stop: stop.clone(),
                     job_id,
@@ -266,9 +263,10 @@ impl Outbox {
 struct Worker {
     outbox: Outbox,
     client: HubClient,
+    registry: JobRegistry,
     fatal: Fatal,
     stop: CancellationToken,
-    job_id: String,
+    job_id: JobId,
 }
 
 /// How one delivery attempt went.
@@ -315,21 +313,25 @@ impl Worker {
                 return false;
             }
             let attempt = match &entry.item {
-                Item::Step(update) => match self.client.step_update(&self.job_id, update).await {
-                    Ok(()) => Attempt::Done,
-                    Err(e) => classify(e),
-                },
-                Item::Complete(req) => match self.client.complete(&self.job_id, req).await {
-                    Ok(Completion::Done(resp)) => {
-                        tracing::info!(job_id = %self.job_id, state = %resp.state, "completion acknowledged");
-                        Attempt::Done
+                Item::Step(update) => {
+                    match self.client.step_update(self.job_id.as_str(), update).await {
+                        Ok(()) => Attempt::Done,
+                        Err(e) => classify(e),
                     }
-                    Ok(Completion::LogIncomplete { committed }) => Attempt::Retry(format!(
-                        "the hub holds {committed} of {} log bytes",
-                        req.log_bytes
-                    )),
-                    Err(e) => classify(e),
-                },
+                }
+                Item::Complete(req) => {
+                    match self.client.complete(self.job_id.as_str(), req).await {
+                        Ok(Completion::Done(resp)) => {
+                            tracing::info!(job_id = %self.job_id, state = %resp.state, "completion acknowledged");
+                            Attempt::Done
+                        }
+                        Ok(Completion::LogIncomplete { committed }) => Attempt::Retry(format!(
+                            "the hub holds {committed} of {} log bytes",
+                            req.log_bytes
+                        )),
+                        Err(e) => classify(e),
+                    }
+                }
             };
             let what = match &entry.item {
                 Item::Step(u) => format!("step {} update ({})", u.index, u.state),
@@ -362,8 +364,9 @@ impl Worker {
     /// Waits until the job's uploader reports `log_bytes` committed, or has stopped, or there is
     /// no uploader. `false` when the outbox stops first.
     async fn wait_log(&self, log_bytes: u64) -> bool {
-        let gate = self.outbox.lock().gates.get(&self.job_id).cloned();
-        let Some(mut gate) = gate else { return true };
+        let Some(mut gate) = self.registry.committed(&self.job_id) else {
+            return true;
+        };
         let reached = gate.wait_for(|committed| *committed >= log_bytes);
         tokio::select! {
             _ = reached => true,
@@ -422,15 +425,18 @@ mod tests {
     async fn entries_survive_a_reopen_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = Outbox::open(dir.path(), Gauge::default()).expect("open");
-        outbox.push("j1", step(0)).await.expect("push");
-        outbox.push("j2", step(0)).await.expect("push");
+        outbox.push(&"j1".into(), step(0)).await.expect("push");
+        outbox.push(&"j2".into(), step(0)).await.expect("push");
         let complete = Item::Complete(CompleteRequest {
             lease_id: "l".into(),
             result: JobResult::Success,
             failure: None,
             log_bytes: 12,
         });
-        let seq = outbox.push("j1", complete.clone()).await.expect("push");
+        let seq = outbox
+            .push(&"j1".into(), complete.clone())
+            .await
+            .expect("push");
         drop(outbox);
         // A torn temporary file of a crash is ignored and removed.
         fs::write(dir.path().join("00000000000000000099.json.tmp"), b"{").expect("write");
@@ -439,13 +445,13 @@ mod tests {
         let outbox = Outbox::open(dir.path(), depth.clone()).expect("reopen");
         assert_eq!(outbox.len(), 3);
         assert_eq!(depth.get(), 3);
-        let (found, req) = outbox.pending_completion("j1").expect("completion");
+        let (found, req) = outbox.pending_completion(&"j1".into()).expect("completion");
         assert_eq!(found, seq);
         assert_eq!(Item::Complete(req), complete);
-        assert!(outbox.pending_completion("j2").is_none());
+        assert!(outbox.pending_completion(&"j2".into()).is_none());
         assert!(!dir.path().join("00000000000000000099.json.tmp").exists());
         // New entries continue the sequence.
-        let next = outbox.push("j3", step(1)).await.expect("push");
+        let next = outbox.push(&"j3".into(), step(1)).await.expect("push");
         assert!(next > seq);
         outbox.remove(seq).await;
         outbox.wait_delivered(seq).await;

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use outpost_client::{ClientError, HubClient};
 use outpost_executor::Executor;
-use outpost_protocol::{AcquireRequest, ErrorCode, RegisterRequest, RegisterResponse};
+use outpost_protocol::{
+    AcquireRequest, ErrorCode, JobId, RegisterRequest, RegisterResponse, RunnerId,
+};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -18,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SchedulerConfig;
 use crate::error::SchedulerError;
 use crate::handle::{SchedulerHandle, Shared};
-use crate::job::{self, Ctx};
-use crate::leases::{Leases, heartbeat_loop};
-use crate::metrics::{LogStats, Metrics};
+use crate::heartbeat::heartbeat_loop;
+use crate::job::{Ctx, JobRun, Origin};
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, backoff};
+use crate::registry::JobRegistry;
 use crate::secrets::SecretProviders;
-use crate::state::JournalRecord;
-use crate::state::StateDir;
+use crate::state::{JournalRecord, StateDir};
 
 /// The runner's scheduler: takes jobs from the hub and runs them on a backend. See the crate
 /// documentation for the whole contract.
@@ -82,16 +84,15 @@ impl Scheduler {
             env_prefix: config.secret_env_prefix.clone(),
             dir: config.secrets_dir.clone(),
         };
+        let registry = JobRegistry::new(metrics.running.clone());
         let ctx = Arc::new(Ctx {
             config,
             state,
             client,
             executor,
             outbox,
-            leases: Leases::default(),
             metrics,
-            logs: LogStats::default(),
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Shared::new(registry)),
             secrets,
         });
         Ok(Self { ctx, slots })
@@ -116,15 +117,16 @@ impl Scheduler {
         let mut tasks = JoinSet::new();
         let mut jobs = JoinSet::new();
 
-        tasks.spawn(
-            ctx.outbox
-                .clone()
-                .run(ctx.client.clone(), fatal.clone(), stop.clone()),
-        );
+        tasks.spawn(ctx.outbox.clone().run(
+            ctx.client.clone(),
+            shared.registry.clone(),
+            fatal.clone(),
+            stop.clone(),
+        ));
         tasks.spawn(refresh_metrics(Arc::clone(&ctx), stop.clone()));
 
         // Jobs a previous run left: reattach, or report them.
-        let journaled = recover(&ctx, &self.slots, &mut jobs).await;
+        recover(&ctx, &self.slots, &mut jobs).await;
 
         // Registration.
         let registered = tokio::select! {
@@ -132,10 +134,8 @@ impl Scheduler {
             () = shared.draining.cancelled() => None,
             () = fatal.token().cancelled() => None,
         };
-        let mut live: HashSet<String> = journaled;
         if let Some(registration) = registered {
             let runner_id = registration.runner_id.clone();
-            ctx.executor.set_runner_id(&runner_id);
             let interval = Duration::from_secs(registration.heartbeat_interval_s.max(1));
             let wait = ctx
                 .config
@@ -145,7 +145,7 @@ impl Scheduler {
                 .max(Duration::from_secs(1));
             tracing::info!(%runner_id, lease_ttl_s = registration.lease_ttl_s, heartbeat_wait = ?wait, "registered with the hub");
             tasks.spawn(heartbeat_loop(
-                ctx.leases.clone(),
+                shared.registry.clone(),
                 ctx.client.clone(),
                 runner_id.clone(),
                 wait,
@@ -154,7 +154,7 @@ impl Scheduler {
             ));
             tasks.spawn(sweep_loop(
                 Arc::clone(&ctx),
-                std::mem::take(&mut live),
+                runner_id.clone(),
                 stop.clone(),
             ));
             shared.accepting.store(true, Ordering::SeqCst);
@@ -168,9 +168,12 @@ impl Scheduler {
         }
         let grace = tokio::time::sleep(ctx.config.drain_grace);
         tokio::pin!(grace);
+        let stopped = shared.registry.wait_until(|c| c.running == 0);
+        tokio::pin!(stopped);
         let mut graceful = !shared.cancel_now.is_cancelled();
-        while !shared.running().is_empty() {
+        loop {
             tokio::select! {
+                () = &mut stopped => break,
                 () = &mut grace, if graceful => {
                     tracing::warn!(grace = ?ctx.config.drain_grace, "drain grace period over: cancelling running jobs");
                     shared.cancel_now.cancel();
@@ -181,7 +184,6 @@ impl Scheduler {
                     graceful = false;
                 }
                 Some(_) = jobs.join_next() => {}
-                () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
         // Every job has ended; wait until their logs and results are delivered.
@@ -248,64 +250,86 @@ async fn register(ctx: &Arc<Ctx>) -> Option<RegisterResponse> {
     }
 }
 
-/// Finds the journaled jobs and starts a task for each; answers their ids.
-async fn recover(
-    ctx: &Arc<Ctx>,
-    slots: &Arc<Semaphore>,
-    jobs: &mut JoinSet<()>,
-) -> HashSet<String> {
+/// Finds the journaled jobs and starts a task for each, registered before this returns (so
+/// the first sweep sees them live).
+async fn recover(ctx: &Arc<Ctx>, slots: &Arc<Semaphore>, jobs: &mut JoinSet<()>) {
     let state = ctx.state.clone();
-    let journaled = match tokio::task::spawn_blocking(move || state.journaled_jobs()).await {
-        Ok(Ok(ids)) => ids,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot list the journaled jobs");
-            Vec::new()
-        }
+    let journaled = tokio::task::spawn_blocking(move || {
+        let ids = state.journaled_jobs()?;
+        Ok::<_, std::io::Error>(
+            ids.into_iter()
+                .map(|id| {
+                    let record = JournalRecord::read(&state, &id);
+                    (id, record)
+                })
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    let journaled = match journaled {
+        Ok(journaled) => journaled,
         Err(e) => {
             tracing::error!(error = %e, "cannot list the journaled jobs");
-            Vec::new()
+            return;
         }
     };
     if journaled.is_empty() {
-        return HashSet::new();
+        return;
     }
-    // Backends that label their resources by runner id (Docker) need it before they can list
-    // their jobs; the journal has the id the jobs were acquired under.
-    let state = ctx.state.clone();
-    let first = journaled[0].clone();
-    if let Ok(Ok(record)) =
-        tokio::task::spawn_blocking(move || JournalRecord::read(&state, &first)).await
-    {
-        ctx.executor.set_runner_id(&record.runner_id);
-    }
-    let in_backend: HashSet<String> = match ctx.executor.running_jobs().await {
-        Ok(ids) => ids.into_iter().collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot ask the backend which jobs it still runs");
-            HashSet::new()
-        }
-    };
     tracing::info!(
         jobs = journaled.len(),
         "found jobs of a previous run in the journal"
     );
-    for job_id in &journaled {
-        let has = in_backend.contains(job_id);
-        let slot = if has {
+    let mut records = Vec::new();
+    for (job_id, record) in journaled {
+        match record {
+            Ok(record) => records.push(record),
+            Err(e) => {
+                tracing::error!(%job_id, error = %e, "cannot read the job's journal; forgetting the job");
+                let state = ctx.state.clone();
+                let removed = tokio::task::spawn_blocking(move || state.remove_job(&job_id)).await;
+                if let Ok(Err(e)) = removed {
+                    tracing::error!(error = %e, "cannot remove the files of a job with an unreadable journal");
+                }
+            }
+        }
+    }
+    // Backends that label their resources by runner id (Docker) list the jobs of the runner id
+    // the jobs were acquired under.
+    let mut in_backend: HashSet<JobId> = HashSet::new();
+    let runner_ids: HashSet<&RunnerId> = records.iter().map(|r| &r.runner_id).collect();
+    for runner_id in runner_ids {
+        match ctx.executor.running_jobs(runner_id).await {
+            Ok(ids) => in_backend.extend(ids),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot ask the backend which jobs it still runs");
+            }
+        }
+    }
+    for record in records {
+        let backend_has = in_backend.contains(&record.assignment.job_id);
+        let slot = if backend_has {
             Arc::clone(slots).try_acquire_owned().ok()
         } else {
             None
         };
-        jobs.spawn(job::recover(Arc::clone(ctx), job_id.clone(), has, slot));
+        let runner_id = record.runner_id.clone();
+        let origin = Origin::Recovered {
+            record: Box::new(record),
+            backend_has,
+        };
+        let run = JobRun::register(ctx, runner_id, origin, slot).await;
+        jobs.spawn(run.drive());
     }
-    journaled.into_iter().collect()
 }
 
 /// Takes jobs while slots are free, until a drain or a refused token.
 async fn acquire_loop(
     ctx: &Arc<Ctx>,
     slots: &Arc<Semaphore>,
-    runner_id: &str,
+    runner_id: &RunnerId,
     jobs: &mut JoinSet<()>,
 ) {
     let shared = &ctx.shared;
@@ -324,7 +348,7 @@ async fn acquire_loop(
             () = fatal.cancelled() => return,
         };
         let request = AcquireRequest {
-            runner_id: runner_id.to_owned(),
+            runner_id: runner_id.clone(),
             free_slots: u32::try_from(slots.available_permits() + 1).unwrap_or(u32::MAX),
             wait_s,
         };
@@ -345,12 +369,9 @@ async fn acquire_loop(
                     .unwrap_or_default();
                 ctx.metrics.pickup_latency.observe(waited.as_secs_f64());
                 tracing::info!(job_id = %assignment.job_id, "job assigned");
-                jobs.spawn(job::run_assigned(
-                    Arc::clone(ctx),
-                    runner_id.to_owned(),
-                    assignment,
-                    slot,
-                ));
+                let origin = Origin::Assigned(assignment);
+                let run = JobRun::register(ctx, runner_id.clone(), origin, Some(slot)).await;
+                jobs.spawn(run.drive());
             }
             Ok(None) => failures = 0,
             Err(ClientError::Unauthorized { endpoint }) => {
@@ -394,31 +415,21 @@ async fn refresh_metrics(ctx: Arc<Ctx>, stop: CancellationToken) {
         ctx.metrics.seconds_since_hub.set(since);
         ctx.metrics
             .unsent_log_bytes
-            .set(i64::try_from(ctx.logs.unsent()).unwrap_or(i64::MAX));
+            .set(i64::try_from(ctx.shared.registry.unsent_log_bytes()).unwrap_or(i64::MAX));
     }
 }
 
-/// Sweeps the backend's leftovers at start and every `sweep_interval`.
-async fn sweep_loop(ctx: Arc<Ctx>, journaled: HashSet<String>, stop: CancellationToken) {
+/// Sweeps the backend's leftovers at start and every `sweep_interval`. What is live is asked of
+/// the registry, resource by resource.
+async fn sweep_loop(ctx: Arc<Ctx>, runner_id: RunnerId, stop: CancellationToken) {
     let mut tick = tokio::time::interval(ctx.config.sweep_interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut first = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let mut live: HashSet<String> = ctx.shared.running().into_iter().collect();
-        if first {
-            live.extend(journaled.iter().cloned());
-            first = false;
-        }
-        // Jobs still journaled (e.g. uploading their log) are alive too.
-        let state = ctx.state.clone();
-        if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || state.journaled_jobs()).await {
-            live.extend(ids);
-        }
-        match ctx.executor.sweep(&live).await {
+        match ctx.executor.sweep(&runner_id, &ctx.shared.registry).await {
             Ok(report) => {
                 for removed in &report.removed {
                     tracing::info!(%removed, "swept a leftover of an earlier job");

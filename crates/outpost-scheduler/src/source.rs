@@ -51,17 +51,15 @@ pub(crate) async fn load(
     workspace: &Path,
     cancel: &CancellationToken,
 ) -> Result<LoadedPipeline, SourceFailure> {
-    match (&spec.pipeline, &spec.source) {
-        (Some(text), _) => parse(INLINE_SOURCE_NAME, text.clone(), "inline".to_owned()),
-        (None, Some(source)) => {
+    match spec {
+        JobSpec::Inline { pipeline } => {
+            parse(INLINE_SOURCE_NAME, pipeline.clone(), "inline".to_owned())
+        }
+        JobSpec::Repo { source } => {
             checkout(git, &source.git, workspace, cancel).await?;
             let text = read_pipeline_file(workspace, &source.path).await?;
             parse(&source.path, text, cache_scope(&source.git, &source.path))
         }
-        (None, None) => Err(SourceFailure::new(
-            FailureClass::Config,
-            "the job has neither an inline pipeline nor a source".to_owned(),
-        )),
     }
 }
 
@@ -499,15 +497,14 @@ mod tests {
         let url = format!("file://{}", repo.display());
         let cancel = CancellationToken::new();
         for git_ref in [None, Some("other".to_owned())] {
-            let spec = JobSpec {
-                pipeline: None,
-                source: Some(outpost_protocol::Source {
+            let spec = JobSpec::Repo {
+                source: outpost_protocol::Source {
                     git: GitSource {
                         url: url.clone(),
                         git_ref,
                     },
                     path: ".outpost.yml".into(),
-                }),
+                },
             };
             let work = tmp.path().join("work");
             let loaded = load(&spec, &GitConfig::default(), &work, &cancel)
@@ -518,15 +515,14 @@ mod tests {
         }
 
         // A parse error names the file, line and column.
-        let spec = JobSpec {
-            pipeline: None,
-            source: Some(outpost_protocol::Source {
+        let spec = JobSpec::Repo {
+            source: outpost_protocol::Source {
                 git: GitSource {
                     url: url.clone(),
                     git_ref: None,
                 },
                 path: "bad.yml".into(),
-            }),
+            },
         };
         let err = load(
             &spec,
@@ -545,15 +541,14 @@ mod tests {
         assert!(err.log.contains("bad.yml:2:"), "{}", err.log);
 
         // A missing ref is a config failure carrying git's message.
-        let spec = JobSpec {
-            pipeline: None,
-            source: Some(outpost_protocol::Source {
+        let spec = JobSpec::Repo {
+            source: outpost_protocol::Source {
                 git: GitSource {
                     url,
                     git_ref: Some("no-such-branch".into()),
                 },
                 path: ".outpost.yml".into(),
-            }),
+            },
         };
         let err = load(
             &spec,

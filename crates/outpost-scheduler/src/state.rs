@@ -4,7 +4,7 @@
 //! ```text
 //! <state>/jobs/<job_id>/job.json    the journal: the assignment, and the pipeline once loaded
 //! <state>/jobs/<job_id>/log.spool   the job's masked log (outpost-logship's spool)
-//! <state>/jobs/<job_id>/progress    reattach records, see [`ProgressRecord`]
+//! <state>/jobs/<job_id>/progress    reattach records (outpost-logship's `ProgressRecord`)
 //! <state>/work/<job_id>/            the job's workspace (checkout)
 //! <state>/outbox/<seq>.json         undelivered step updates and completions
 //! ```
@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use outpost_protocol::JobAssignment;
+use outpost_protocol::{JobAssignment, JobId, RunnerId};
 use serde::{Deserialize, Serialize};
 
 /// Paths of the state directory.
@@ -41,24 +41,24 @@ impl StateDir {
         self.root.join("outbox")
     }
 
-    pub(crate) fn job_dir(&self, job_id: &str) -> PathBuf {
-        self.jobs().join(job_id)
+    pub(crate) fn job_dir(&self, job_id: &JobId) -> PathBuf {
+        self.jobs().join(job_id.as_str())
     }
 
-    pub(crate) fn journal(&self, job_id: &str) -> PathBuf {
+    pub(crate) fn journal(&self, job_id: &JobId) -> PathBuf {
         self.job_dir(job_id).join("job.json")
     }
 
-    pub(crate) fn spool(&self, job_id: &str) -> PathBuf {
+    pub(crate) fn spool(&self, job_id: &JobId) -> PathBuf {
         self.job_dir(job_id).join("log.spool")
     }
 
-    pub(crate) fn progress(&self, job_id: &str) -> PathBuf {
+    pub(crate) fn progress(&self, job_id: &JobId) -> PathBuf {
         self.job_dir(job_id).join("progress")
     }
 
-    pub(crate) fn workspace(&self, job_id: &str) -> PathBuf {
-        self.work().join(job_id)
+    pub(crate) fn workspace(&self, job_id: &JobId) -> PathBuf {
+        self.work().join(job_id.as_str())
     }
 
     /// Creates the directories (mode 0700 on Unix: spools and checkouts are private).
@@ -70,14 +70,14 @@ impl StateDir {
     }
 
     /// Removes everything a job left in the state directory.
-    pub(crate) fn remove_job(&self, job_id: &str) -> io::Result<()> {
+    pub(crate) fn remove_job(&self, job_id: &JobId) -> io::Result<()> {
         remove_dir_if_exists(&self.workspace(job_id))?;
         remove_dir_if_exists(&self.job_dir(job_id))?;
         sync_dir(&self.jobs())
     }
 
     /// The ids of the jobs with a directory under `jobs/`.
-    pub(crate) fn journaled_jobs(&self) -> io::Result<Vec<String>> {
+    pub(crate) fn journaled_jobs(&self) -> io::Result<Vec<JobId>> {
         let mut ids = Vec::new();
         for entry in fs::read_dir(self.jobs())? {
             let entry = entry?;
@@ -85,7 +85,7 @@ impl StateDir {
                 && let Some(name) = entry.file_name().to_str()
                 && is_safe_job_id(name)
             {
-                ids.push(name.to_owned());
+                ids.push(JobId::new(name));
             }
         }
         ids.sort();
@@ -156,7 +156,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JournalRecord {
     /// The runner id the job was acquired under.
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     /// The assignment as the hub sent it (no secrets in it).
     pub assignment: JobAssignment,
     /// Set once the pipeline was loaded, so a resumed job is rebuilt from the same text.
@@ -183,135 +183,16 @@ impl JournalRecord {
         write_atomic(&state.journal(job_id), &bytes)
     }
 
-    pub(crate) fn read(state: &StateDir, job_id: &str) -> io::Result<Self> {
+    pub(crate) fn read(state: &StateDir, job_id: &JobId) -> io::Result<Self> {
         let mut text = Vec::new();
         File::open(state.journal(job_id))?.read_to_end(&mut text)?;
         serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
 
-/// One reattach record: after a spool append, how far the job had got. `raw_bytes` counts only
-/// the raw output of step `step_index` whose masked form is already in the spool, so a resumed
-/// backend replays exactly the rest, and `spool_len` is where the spool is cut back to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ProgressRecord {
-    pub step_index: u32,
-    pub raw_bytes: u64,
-    pub spool_len: u64,
-}
-
-impl ProgressRecord {
-    /// Size of one record on disk: `u32` step, `u64` raw bytes, `u64` spool length, little endian.
-    pub(crate) const SIZE: usize = 20;
-
-    fn encode(self) -> [u8; Self::SIZE] {
-        let mut out = [0u8; Self::SIZE];
-        out[..4].copy_from_slice(&self.step_index.to_le_bytes());
-        out[4..12].copy_from_slice(&self.raw_bytes.to_le_bytes());
-        out[12..].copy_from_slice(&self.spool_len.to_le_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        Some(Self {
-            step_index: u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?),
-            raw_bytes: u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?),
-            spool_len: u64::from_le_bytes(bytes.get(12..20)?.try_into().ok()?),
-        })
-    }
-
-    /// The last complete record of a progress file (a torn last record is ignored); `None` when
-    /// the file is missing or holds none.
-    pub(crate) fn read_last(path: &Path) -> io::Result<Option<Self>> {
-        let bytes = match fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let whole = bytes.len() / Self::SIZE * Self::SIZE;
-        if whole == 0 {
-            return Ok(None);
-        }
-        Ok(Self::decode(&bytes[whole - Self::SIZE..whole]))
-    }
-}
-
-/// The append-only progress file of one job.
-#[derive(Debug)]
-pub(crate) struct ProgressFile {
-    file: File,
-    last: Option<ProgressRecord>,
-}
-
-impl ProgressFile {
-    /// Opens the file for appending, cutting a torn last record off first.
-    pub(crate) fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        let len = file.metadata()?.len();
-        let whole = len / ProgressRecord::SIZE as u64 * ProgressRecord::SIZE as u64;
-        if whole != len {
-            file.set_len(whole)?;
-        }
-        let last = ProgressRecord::read_last(path)?;
-        Ok(Self { file, last })
-    }
-
-    /// Appends a record unless it equals the last one.
-    pub(crate) fn append(&mut self, record: ProgressRecord) -> io::Result<()> {
-        if self.last == Some(record) {
-            return Ok(());
-        }
-        self.file.write_all(&record.encode())?;
-        self.last = Some(record);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn progress_records_round_trip_and_ignore_a_torn_tail() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("progress");
-        assert_eq!(ProgressRecord::read_last(&path).expect("read"), None);
-        let mut file = ProgressFile::open(&path).expect("open");
-        let a = ProgressRecord {
-            step_index: 0,
-            raw_bytes: 10,
-            spool_len: 30,
-        };
-        let b = ProgressRecord {
-            step_index: 1,
-            raw_bytes: u64::MAX - 1,
-            spool_len: 1 << 40,
-        };
-        file.append(a).expect("append");
-        file.append(b).expect("append");
-        file.append(b).expect("append");
-        drop(file);
-        assert_eq!(
-            fs::metadata(&path).expect("meta").len(),
-            2 * ProgressRecord::SIZE as u64
-        );
-        assert_eq!(ProgressRecord::read_last(&path).expect("read"), Some(b));
-        // A torn record at the end is ignored, and cut off when the file is reopened.
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .expect("open")
-            .write_all(&[1, 2, 3])
-            .expect("write");
-        assert_eq!(ProgressRecord::read_last(&path).expect("read"), Some(b));
-        let mut file = ProgressFile::open(&path).expect("reopen");
-        file.append(a).expect("append");
-        assert_eq!(ProgressRecord::read_last(&path).expect("read"), Some(a));
-    }
 
     #[test]
     fn job_ids_that_are_path_safe() {

@@ -3,7 +3,7 @@
 //! `echo words…` (with `$NAME` expanded from the step's environment), `block` (until the test
 //! releases it, or a cancel), `wait_cancel`, `fail N`; commands separated by `;`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use outpost_client::{ClientConfig, HubClient, RetryPolicy};
 use outpost_executor::{
-    CancellationToken, EventSender, ExecEvent, Executor, ExecutorError, JobOutcome, OutputStream,
-    PreparedJob, Resume, StepDecision, StepOutcome, StepPlan, SweepReport, job_outcome,
+    CancellationToken, EventSender, ExecEvent, Executor, ExecutorError, JobId, JobOutcome,
+    LiveJobs, OutputStream, PreparedJob, Resume, RunnerId, StepDecision, StepOutcome, StepPlan,
+    SweepReport, job_outcome,
 };
 use outpost_protocol::{
     CompleteRequest, Failure, FailureClass, GitSource, JobDetails, JobResult, JobState, Source,
@@ -34,11 +35,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Record {
     /// Every `run` call: job id and resume point.
-    runs: Vec<(String, Option<Resume>)>,
+    runs: Vec<(JobId, Option<Resume>)>,
     /// Jobs whose first step has started.
-    started: Vec<String>,
+    started: Vec<JobId>,
     /// When a job's cancellation token fired, as seen by a running step.
-    cancelled_at: Vec<(String, Instant)>,
+    cancelled_at: Vec<(JobId, Instant)>,
     /// The prepared jobs as received.
     jobs: Vec<PreparedJob>,
 }
@@ -47,7 +48,7 @@ struct ScriptExecutor {
     record: Mutex<Record>,
     release: watch::Sender<bool>,
     /// What `running_jobs` answers.
-    still_running: Vec<String>,
+    still_running: Vec<JobId>,
     can_resume: bool,
 }
 
@@ -56,7 +57,7 @@ impl ScriptExecutor {
         Self::with_backend_jobs(Vec::new(), false)
     }
 
-    fn with_backend_jobs(still_running: Vec<String>, can_resume: bool) -> Arc<Self> {
+    fn with_backend_jobs(still_running: Vec<JobId>, can_resume: bool) -> Arc<Self> {
         Arc::new(Self {
             record: Mutex::default(),
             release: watch::channel(false).0,
@@ -88,14 +89,14 @@ impl ScriptExecutor {
 
     async fn send(
         events: &EventSender,
-        job_id: &str,
+        job_id: &JobId,
         event: ExecEvent,
     ) -> Result<(), ExecutorError> {
         events
             .send(event)
             .await
             .map_err(|_| ExecutorError::EventsClosed {
-                job_id: job_id.to_owned(),
+                job_id: job_id.clone(),
             })
     }
 
@@ -248,11 +249,15 @@ impl Executor for ScriptExecutor {
         Ok(job_outcome(&outcomes, None))
     }
 
-    async fn running_jobs(&self) -> Result<Vec<String>, ExecutorError> {
+    async fn running_jobs(&self, _runner_id: &RunnerId) -> Result<Vec<JobId>, ExecutorError> {
         Ok(self.still_running.clone())
     }
 
-    async fn sweep(&self, _live_jobs: &HashSet<String>) -> Result<SweepReport, ExecutorError> {
+    async fn sweep(
+        &self,
+        _runner_id: &RunnerId,
+        _live: &dyn LiveJobs,
+    ) -> Result<SweepReport, ExecutorError> {
         Ok(SweepReport::default())
     }
 }
@@ -564,7 +569,7 @@ async fn a_lost_lease_stops_the_job_and_nothing_more_is_reported() {
         .expect("lease id")
         .to_owned();
     let elsewhere = CompleteRequest {
-        lease_id,
+        lease_id: lease_id.into(),
         result: JobResult::Failed,
         failure: Some(Failure::new(FailureClass::Script, "ended elsewhere")),
         log_bytes: 0,
@@ -726,7 +731,7 @@ async fn after_a_restart_a_job_the_backend_cannot_resume_is_uploaded_and_reporte
     env.hub.restart().await;
 
     // The new runner's backend still knows the job but cannot resume it.
-    let executor = ScriptExecutor::with_backend_jobs(vec![job_id.clone()], false);
+    let executor = ScriptExecutor::with_backend_jobs(vec![JobId::new(job_id.clone())], false);
     let running = env.start(config, executor.clone());
     let job = env.wait_for_state(&job_id, JobState::Error).await;
     let failure = job.failure.expect("failure");
@@ -744,7 +749,7 @@ async fn after_a_restart_a_job_the_backend_cannot_resume_is_uploaded_and_reporte
     assert_eq!(
         runs,
         [(
-            job_id.clone(),
+            JobId::new(job_id.clone()),
             Some(Resume {
                 step_index: 0,
                 output_bytes: "spooled before the crash\n".len() as u64
@@ -788,7 +793,7 @@ async fn after_a_restart_a_job_the_backend_still_runs_is_reattached() {
     let _ = running.task.await;
     env.hub.restart().await;
 
-    let executor = ScriptExecutor::with_backend_jobs(vec![job_id.clone()], true);
+    let executor = ScriptExecutor::with_backend_jobs(vec![JobId::new(job_id.clone())], true);
     let running = env.start(config, executor.clone());
     wait_until("the job is resumed", DEADLINE, || {
         eprintln!(
@@ -811,7 +816,7 @@ async fn after_a_restart_a_job_the_backend_still_runs_is_reattached() {
     assert_eq!(
         runs,
         [(
-            job_id.clone(),
+            JobId::new(job_id.clone()),
             Some(Resume {
                 step_index: 1,
                 output_bytes: "before\n".len() as u64

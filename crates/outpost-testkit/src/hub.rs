@@ -292,7 +292,7 @@ impl TestHub {
             .post_json(&paths::jobs(&org.name), request)
             .await;
         self.check(answer.code() == 201, &format!("submit job: {answer:?}"));
-        answer.json::<SubmitJobResponse>().job_id
+        answer.json::<SubmitJobResponse>().job_id.into_string()
     }
 
     /// Fetches a job of `org`; panics unless 200.

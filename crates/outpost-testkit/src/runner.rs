@@ -5,7 +5,7 @@ use bytes::Bytes;
 use outpost_protocol::{
     AcquireRequest, AcquireResponse, CompleteRequest, Failure, HeartbeatRequest, HeartbeatResponse,
     HeldLease, JobAssignment, JobResult, LogAppendResponse, RegisterRequest, RegisterResponse,
-    StepUpdate, paths,
+    RunnerId, StepUpdate, paths,
 };
 
 use crate::{Http, Response};
@@ -16,7 +16,7 @@ use crate::{Http, Response};
 pub struct TestRunner {
     pub http: Http,
     pub token: String,
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     pub name: String,
     pub labels: Vec<String>,
     /// What the hub answered at registration.
@@ -63,7 +63,7 @@ impl TestRunner {
         let answer = http.post_json(paths::REGISTER, request).await;
         let registration: RegisterResponse = answer.expect(200).json();
         assert!(
-            !registration.runner_id.is_empty(),
+            !registration.runner_id.as_str().is_empty(),
             "empty runner id: {answer:?}"
         );
         TestRunner {
