@@ -6,15 +6,16 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use outpost_protocol::{Failure, JobResult, StepState};
+use outpost_protocol::{Failure, JobId, JobResult, RunnerId, StepState};
 
 /// A job ready to run: the pipeline resolved against the hub's variables and the runner's secrets
 /// and workspace. Built by the scheduler; read-only for backends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreparedJob {
-    pub job_id: String,
-    /// The runner's id at the hub; backends label what they create with it.
-    pub runner_id: String,
+    pub job_id: JobId,
+    /// The runner's id at the hub; backends label what they create with it. The only way a
+    /// backend learns it for a job.
+    pub runner_id: RunnerId,
     /// Cache volumes are shared between jobs with the same scope and cache name (e.g. the org and
     /// pipeline source); a string safe for volume names.
     pub cache_scope: String,
@@ -205,6 +206,21 @@ impl StepOutcome {
             failure: Some(Failure::new(
                 outpost_protocol::FailureClass::Cancelled,
                 format!("step `{step}` was cancelled"),
+            )),
+        }
+    }
+
+    /// Stopped because the whole job ran out of time (see [`crate::job_timeout_failure`]).
+    pub fn stopped_by_job_timeout(step: &str, after: Duration, exit_code: Option<i32>) -> Self {
+        Self {
+            state: StepState::TimedOut,
+            exit_code,
+            failure: Some(Failure::new(
+                outpost_protocol::FailureClass::Timeout,
+                format!(
+                    "step `{step}` was stopped because the job timed out after {}",
+                    humanize(after)
+                ),
             )),
         }
     }

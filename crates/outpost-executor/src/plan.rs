@@ -2,9 +2,11 @@
 //! steps' outcomes add up to the job's. Kept here so that the process and Docker backends and the
 //! Kubernetes step wrapper cannot disagree.
 
+use std::time::Duration;
+
 use outpost_protocol::{Failure, FailureClass, JobResult, StepState};
 
-use crate::model::{JobOutcome, StepOutcome, When};
+use crate::model::{JobOutcome, StepOutcome, When, humanize};
 
 /// What to do with the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,12 +15,19 @@ pub enum StepDecision {
     Skip,
 }
 
-/// Tracks the steps of one job as they end and decides about the next ones.
+/// Tracks the steps of one job as they end, decides about the next ones, and adds the outcomes
+/// up to the job's ([`StepPlan::outcome`]).
 #[derive(Debug, Clone, Default)]
 pub struct StepPlan {
+    /// Every recorded step outcome, in pipeline order.
+    outcomes: Vec<StepOutcome>,
     failed: bool,
+    /// A step was cancelled, or a cancel was seen between steps.
     cancelled: bool,
-    job_timed_out: bool,
+    /// A cancel seen between steps, before the step named here: no step was running, so no
+    /// step's outcome says `cancelled`, but the job is.
+    cancelled_before: Option<String>,
+    job_timeout: Option<Failure>,
 }
 
 impl StepPlan {
@@ -28,7 +37,7 @@ impl StepPlan {
 
     /// Whether a step with this `when` runs now.
     pub fn decide(&self, when: When) -> StepDecision {
-        if self.cancelled || self.job_timed_out {
+        if self.cancelled || self.job_timeout.is_some() {
             return StepDecision::Skip;
         }
         let run = match when {
@@ -43,24 +52,62 @@ impl StepPlan {
         }
     }
 
-    /// Records how a step ended.
+    /// Records how a step ended (in pipeline order).
     pub fn record(&mut self, outcome: &StepOutcome) {
         match outcome.state {
             StepState::Failed | StepState::TimedOut => self.failed = true,
             StepState::Cancelled => self.cancelled = true,
             _ => {}
         }
+        self.outcomes.push(outcome.clone());
     }
 
-    /// Records that the whole job ran out of time: nothing more runs.
-    pub fn record_job_timeout(&mut self) {
-        self.job_timed_out = true;
+    /// Records a cancel seen between steps, before step `step` would have started: nothing more
+    /// runs, and the job is `cancelled` even though no step was.
+    pub fn record_cancel(&mut self, step: &str) {
+        self.cancelled = true;
+        self.cancelled_before.get_or_insert_with(|| step.to_owned());
+    }
+
+    /// Records that the whole job ran out of time ([`job_timeout_failure`]): nothing more runs,
+    /// and the job is `timed_out` with this failure whatever its steps did.
+    pub fn record_job_timeout(&mut self, failure: Failure) {
         self.failed = true;
+        self.job_timeout.get_or_insert(failure);
     }
 
     pub fn is_cancelled(&self) -> bool {
         self.cancelled
     }
+
+    /// The outcomes recorded so far, in pipeline order.
+    pub fn outcomes(&self) -> &[StepOutcome] {
+        &self.outcomes
+    }
+
+    /// The job's outcome: [`job_outcome`] of the recorded steps, made `cancelled` by a cancel seen
+    /// between steps.
+    pub fn outcome(&self) -> JobOutcome {
+        let outcome = job_outcome(&self.outcomes, self.job_timeout.clone());
+        match &self.cancelled_before {
+            Some(step) if outcome.result != JobResult::Cancelled => JobOutcome {
+                result: JobResult::Cancelled,
+                failure: Some(Failure::new(
+                    FailureClass::Cancelled,
+                    format!("the job was cancelled before step `{step}`"),
+                )),
+            },
+            _ => outcome,
+        }
+    }
+}
+
+/// The failure of a job that ran out of time after `after`, the same on every backend.
+pub fn job_timeout_failure(after: Duration) -> Failure {
+    Failure::new(
+        FailureClass::Timeout,
+        format!("the job timed out after {}", humanize(after)),
+    )
 }
 
 /// The job's outcome from its steps' outcomes (in pipeline order): cancelled if any step was
@@ -178,16 +225,47 @@ mod tests {
     #[test]
     fn job_timeout_wins_and_stops_everything() {
         let mut plan = StepPlan::new();
-        plan.record_job_timeout();
+        plan.record(&StepOutcome::exited(1, "a"));
+        let f = job_timeout_failure(std::time::Duration::from_secs(90));
+        plan.record_job_timeout(f.clone());
         assert_eq!(plan.decide(When::Always), StepDecision::Skip);
-        let f = Failure::new(FailureClass::Timeout, "job timed out");
-        let o = job_outcome(&[StepOutcome::success()], Some(f.clone()));
+        assert_eq!(plan.decide(When::OnFailure), StepDecision::Skip);
+        assert_eq!(f.message, "the job timed out after 1m30s");
         assert_eq!(
-            o,
+            plan.outcome(),
             JobOutcome {
                 result: JobResult::TimedOut,
                 failure: Some(f)
             }
+        );
+    }
+
+    #[test]
+    fn a_cancel_between_steps_cancels_the_job() {
+        let mut plan = StepPlan::new();
+        plan.record(&StepOutcome::exited(1, "a"));
+        assert_eq!(plan.decide(When::Always), StepDecision::Run);
+        plan.record_cancel("b");
+        assert_eq!(plan.decide(When::Always), StepDecision::Skip);
+        plan.record(&StepOutcome::skipped());
+        let o = plan.outcome();
+        assert_eq!(o.result, JobResult::Cancelled);
+        let f = o.failure.expect("a failure");
+        assert_eq!(f.class, FailureClass::Cancelled);
+        assert_eq!(f.message, "the job was cancelled before step `b`");
+        assert_eq!(plan.outcomes().len(), 2);
+    }
+
+    #[test]
+    fn a_cancelled_step_names_itself_in_the_job_outcome() {
+        let mut plan = StepPlan::new();
+        plan.record(&StepOutcome::cancelled("a"));
+        plan.record_cancel("b");
+        let o = plan.outcome();
+        assert_eq!(o.result, JobResult::Cancelled);
+        assert_eq!(
+            o.failure.map(|f| f.message),
+            Some("step `a` was cancelled".to_owned())
         );
     }
 

@@ -53,7 +53,7 @@ pub(crate) fn step_env(
     env.extend(job.step_env(step));
     env.insert("CI".to_owned(), "true".to_owned());
     env.insert("OUTPOST".to_owned(), "true".to_owned());
-    env.insert("OUTPOST_JOB_ID".to_owned(), job.job_id.clone());
+    env.insert("OUTPOST_JOB_ID".to_owned(), job.job_id.to_string());
     env.insert("OUTPOST_STEP_NAME".to_owned(), step.name.clone());
     env.insert(
         "OUTPOST_WORKSPACE".to_owned(),

@@ -60,13 +60,13 @@ mod sweep;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use outpost_executor::{
-    CancellationToken, EventSender, ExecEvent, Executor, ExecutorError, JobOutcome, PreparedJob,
-    Resume, StepDecision, StepOutcome, StepPlan, SweepReport, humanize, job_outcome,
+    CancellationToken, EventSender, ExecEvent, Executor, ExecutorError, JobId, JobOutcome,
+    LiveJobs, PreparedJob, Resume, RunnerId, StepDriver, StepEnd, StepOutcome, StepRunner,
+    StepSpec, SweepReport,
 };
 use outpost_protocol::{Failure, FailureClass, JobResult};
 
@@ -74,7 +74,7 @@ pub use crate::env::{BASE_ENV_VARS, base_env_from_runner, cache_env_name};
 pub use crate::sweep::MARKER_SUFFIX;
 
 use crate::group::JobGroups;
-use crate::step::{StepContext, StepEnd, Stop};
+use crate::step::StepContext;
 
 /// The backend's name as registered with the hub.
 pub const KIND: &str = "process";
@@ -125,58 +125,15 @@ impl ProcessConfig {
 #[derive(Debug)]
 pub struct ProcessExecutor {
     config: ProcessConfig,
-    /// Jobs running in this process right now; the sweep never touches their workspaces, even
-    /// when a caller's live set is stale.
-    active: Arc<Mutex<HashSet<String>>>,
 }
 
 impl ProcessExecutor {
     pub fn new(config: ProcessConfig) -> Self {
-        Self {
-            config,
-            active: Arc::default(),
-        }
+        Self { config }
     }
 
     pub fn config(&self) -> &ProcessConfig {
         &self.config
-    }
-
-    fn active_jobs(&self) -> HashSet<String> {
-        match self.active.lock() {
-            Ok(set) => set.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
-
-/// Removes a job from the active set when its run ends, however it ends.
-struct ActiveGuard {
-    active: Arc<Mutex<HashSet<String>>>,
-    job_id: String,
-}
-
-impl ActiveGuard {
-    fn enter(active: &Arc<Mutex<HashSet<String>>>, job_id: &str) -> Self {
-        let mut set = match active.lock() {
-            Ok(set) => set,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        set.insert(job_id.to_owned());
-        Self {
-            active: Arc::clone(active),
-            job_id: job_id.to_owned(),
-        }
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        let mut set = match self.active.lock() {
-            Ok(set) => set,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        set.remove(&self.job_id);
     }
 }
 
@@ -200,7 +157,6 @@ impl Executor for ProcessExecutor {
             });
         }
         let started = tokio::time::Instant::now();
-        let _active = ActiveGuard::enter(&self.active, &job.job_id);
 
         if let Some(failure) = unsupported(&job) {
             tracing::info!(job_id = %job.job_id, message = %failure.message, "job refused");
@@ -221,30 +177,111 @@ impl Executor for ProcessExecutor {
         self.prepare_workspace(&job).await?;
         let caches = self.prepare_caches(&job).await?;
 
-        let mut groups = JobGroups::new(&job.job_id);
-        let result = self
-            .run_steps(&job, &caches, started, &events, &cancel, &mut groups)
-            .await;
-        groups.finish().await;
+        let mut steps = ProcessSteps {
+            config: &self.config,
+            job: &job,
+            caches: &caches,
+            events: &events,
+            cancel: &cancel,
+            groups: JobGroups::new(job.job_id.as_str()),
+        };
+        let driver = StepDriver {
+            job: &job,
+            events: &events,
+            cancel: &cancel,
+            job_deadline: job.timeout.map(|t| started + t),
+            resume: None,
+        };
+        let result = driver.drive(&mut steps).await;
+        steps.groups.finish().await;
         result
     }
 
-    async fn running_jobs(&self) -> Result<Vec<String>, ExecutorError> {
+    async fn running_jobs(&self, _runner_id: &RunnerId) -> Result<Vec<JobId>, ExecutorError> {
         Ok(Vec::new())
     }
 
-    async fn sweep(&self, live_jobs: &HashSet<String>) -> Result<SweepReport, ExecutorError> {
-        let mut keep = live_jobs.clone();
-        keep.extend(self.active_jobs());
+    /// The work root belongs to this runner alone, so `runner_id` is not needed to tell its
+    /// workspaces from another runner's.
+    async fn sweep(
+        &self,
+        _runner_id: &RunnerId,
+        live: &dyn LiveJobs,
+    ) -> Result<SweepReport, ExecutorError> {
+        let joined = |e: tokio::task::JoinError| ExecutorError::Backend {
+            backend: KIND,
+            action: format!("sweep of {}", self.config.work_root.display()),
+            message: e.to_string(),
+        };
         let work_root = self.config.work_root.clone();
-        tokio::task::spawn_blocking(move || sweep::sweep(&work_root, &keep))
+        let (marked, mut report) = tokio::task::spawn_blocking(move || sweep::marked(&work_root))
             .await
-            .map_err(|e| ExecutorError::Engine {
-                backend: KIND,
-                action: "sweep workspaces".to_owned(),
-                job_id: String::new(),
-                message: e.to_string(),
-            })
+            .map_err(joined)?;
+        for workspace in marked {
+            // Asked now, not when the list was made: a job that started since keeps its tree.
+            if live.is_live(&workspace.job_id) {
+                continue;
+            }
+            let removed = tokio::task::spawn_blocking(move || sweep::remove(&workspace))
+                .await
+                .map_err(joined)?;
+            report.removed.extend(removed.removed);
+            report.failed.extend(removed.failed);
+        }
+        Ok(report)
+    }
+}
+
+/// The steps of one job, run by the shared step loop.
+struct ProcessSteps<'a> {
+    config: &'a ProcessConfig,
+    job: &'a PreparedJob,
+    caches: &'a BTreeMap<String, String>,
+    events: &'a EventSender,
+    cancel: &'a CancellationToken,
+    groups: JobGroups,
+}
+
+impl StepRunner for ProcessSteps<'_> {
+    async fn run_step(
+        &mut self,
+        step: &StepSpec,
+        job_deadline: Option<tokio::time::Instant>,
+    ) -> Result<StepEnd, ExecutorError> {
+        let ctx = StepContext {
+            job: self.job,
+            step,
+            config: self.config,
+            caches: self.caches,
+            job_deadline,
+            events: self.events,
+            cancel: self.cancel,
+        };
+        step::run(ctx, &mut self.groups).await
+    }
+
+    /// Never called: `run` refuses a resume before any step.
+    async fn resume_step(
+        &mut self,
+        _step: &StepSpec,
+        _resume: Resume,
+        _job_deadline: Option<tokio::time::Instant>,
+    ) -> Result<StepEnd, ExecutorError> {
+        Err(self.resume_unsupported())
+    }
+
+    /// Never called, as `resume_step`.
+    async fn earlier_outcome(&mut self, _step: &StepSpec) -> Result<StepOutcome, ExecutorError> {
+        Err(self.resume_unsupported())
+    }
+}
+
+impl ProcessSteps<'_> {
+    fn resume_unsupported(&self) -> ExecutorError {
+        ExecutorError::ResumeUnsupported {
+            backend: KIND,
+            job_id: self.job.job_id.clone(),
+        }
     }
 }
 
@@ -262,7 +299,7 @@ impl ProcessExecutor {
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             // The marker first: a crash between the two leaves a marker without a directory,
             // which the sweep clears, never a directory nobody will remove.
-            sweep::mark(&work_root, &workspace, &job_id)?;
+            sweep::mark(&work_root, &workspace, job_id.as_str())?;
             std::fs::create_dir_all(&workspace)
         })
         .await
@@ -295,74 +332,6 @@ impl ProcessExecutor {
             );
         }
         Ok(vars)
-    }
-
-    async fn run_steps(
-        &self,
-        job: &PreparedJob,
-        caches: &BTreeMap<String, String>,
-        started: tokio::time::Instant,
-        events: &EventSender,
-        cancel: &CancellationToken,
-        groups: &mut JobGroups,
-    ) -> Result<JobOutcome, ExecutorError> {
-        let job_deadline = job.timeout.map(|t| started + t);
-        let mut plan = StepPlan::new();
-        let mut outcomes = Vec::with_capacity(job.steps.len());
-        let mut job_timeout: Option<Failure> = None;
-        // A cancel that arrives between steps stops the job without any step being `cancelled`;
-        // `StepPlan` has no record for that, so it is tracked here.
-        let mut cancelled_between = false;
-
-        for step in &job.steps {
-            let mut decision = plan.decide(step.when);
-            if decision == StepDecision::Run && !cancelled_between && job_timeout.is_none() {
-                if cancel.is_cancelled() {
-                    cancelled_between = true;
-                } else if job_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    plan.record_job_timeout();
-                    job_timeout = Some(job_timeout_failure(job));
-                }
-            }
-            if cancelled_between || job_timeout.is_some() {
-                decision = StepDecision::Skip;
-            }
-            let outcome = match decision {
-                StepDecision::Skip => StepOutcome::skipped(),
-                StepDecision::Run => {
-                    let ctx = StepContext {
-                        job,
-                        step,
-                        config: &self.config,
-                        caches,
-                        job_deadline,
-                        events,
-                        cancel,
-                    };
-                    let StepEnd { outcome, stop } = step::run(ctx, groups).await?;
-                    if stop == Some(Stop::JobTimeout) {
-                        plan.record_job_timeout();
-                        job_timeout = Some(job_timeout_failure(job));
-                    }
-                    outcome
-                }
-            };
-            plan.record(&outcome);
-            send(events, &job.job_id, finished(step.index, outcome.clone())).await?;
-            outcomes.push(outcome);
-        }
-
-        let mut outcome = job_outcome(&outcomes, job_timeout);
-        if cancelled_between && outcome.result != JobResult::Cancelled {
-            outcome = JobOutcome {
-                result: JobResult::Cancelled,
-                failure: Some(Failure::new(
-                    FailureClass::Cancelled,
-                    format!("job `{}` was cancelled", job.job_id),
-                )),
-            };
-        }
-        Ok(outcome)
     }
 }
 
@@ -419,14 +388,6 @@ fn is_path_component(name: &str) -> bool {
         && !name.contains('\0')
 }
 
-fn job_timeout_failure(job: &PreparedJob) -> Failure {
-    let after = job.timeout.map(humanize).unwrap_or_default();
-    Failure::new(
-        FailureClass::Timeout,
-        format!("job `{}` timed out after {after}", job.job_id),
-    )
-}
-
 fn finished(index: u32, outcome: StepOutcome) -> ExecEvent {
     ExecEvent::StepFinished {
         index,
@@ -436,12 +397,12 @@ fn finished(index: u32, outcome: StepOutcome) -> ExecEvent {
 }
 
 /// Sends one event, waiting for room (backpressure).
-async fn send(events: &EventSender, job_id: &str, event: ExecEvent) -> Result<(), ExecutorError> {
+async fn send(events: &EventSender, job_id: &JobId, event: ExecEvent) -> Result<(), ExecutorError> {
     events
         .send(event)
         .await
         .map_err(|_| ExecutorError::EventsClosed {
-            job_id: job_id.to_owned(),
+            job_id: job_id.clone(),
         })
 }
 

@@ -10,10 +10,10 @@ use bytes::BytesMut;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use outpost_executor::{
-    CancellationToken, EventSender, ExecEvent, ExecutorError, OutputStream, PreparedJob,
-    StepOutcome, StepSpec, humanize,
+    CancellationToken, EventSender, ExecEvent, ExecutorError, OutputStream, PreparedJob, StepEnd,
+    StepOutcome, StepSpec,
 };
-use outpost_protocol::{Failure, FailureClass, StepState};
+use outpost_protocol::{Failure, FailureClass};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -37,17 +37,10 @@ pub(crate) struct StepContext<'a> {
 
 /// Why a running step was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stop {
+enum Stop {
     Cancel,
     StepTimeout,
     JobTimeout,
-}
-
-/// How a step ended, and whether it was stopped.
-#[derive(Debug)]
-pub(crate) struct StepEnd {
-    pub outcome: StepOutcome,
-    pub stop: Option<Stop>,
 }
 
 /// The signal sequence that stops a step's group: `SIGTERM`, the grace period, `SIGKILL`.
@@ -88,7 +81,7 @@ impl Stopper<'_> {
     }
 }
 
-/// Runs one step to its end. Sends `StepStarted` and the output; the caller sends
+/// Runs one step to its end. Sends `StepStarted` and the output; the step loop sends
 /// `StepFinished`. The step's group is registered in `groups` (killed when the job ends).
 pub(crate) async fn run(
     ctx: StepContext<'_>,
@@ -105,7 +98,7 @@ pub(crate) async fn run(
     } = ctx;
     let job_id = job.job_id.as_str();
     let closed = || ExecutorError::EventsClosed {
-        job_id: job_id.to_owned(),
+        job_id: job.job_id.clone(),
     };
 
     let env = crate::env::step_env(&config.base_env, job, step, caches);
@@ -135,19 +128,16 @@ pub(crate) async fn run(
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(job_id, step = %step.name, error = %e, "could not start step");
-            return Ok(StepEnd {
-                outcome: StepOutcome::failed(
-                    Failure::new(
-                        FailureClass::Infrastructure,
-                        format!(
-                            "could not start step `{}` with `{}`: {e}",
-                            step.name, config.shell
-                        ),
+            return Ok(StepEnd::of(StepOutcome::failed(
+                Failure::new(
+                    FailureClass::Infrastructure,
+                    format!(
+                        "could not start step `{}` with `{}`: {e}",
+                        step.name, config.shell
                     ),
-                    None,
                 ),
-                stop: None,
-            });
+                None,
+            )));
         }
     }) else {
         unreachable!("stdout and stderr are configured as pipes")
@@ -262,10 +252,10 @@ pub(crate) async fn run(
         Some(LeaderExit::Signal(signo)) => Exit::Signal(signo),
         Some(LeaderExit::Unknown) | None => reap(groups, pgid, job_id).await,
     };
-    let outcome = outcome(job, step, stop, exit);
-    tracing::debug!(job_id, step = %step.name, state = %outcome.state,
-        exit_code = ?outcome.exit_code, "step ended");
-    Ok(StepEnd { outcome, stop })
+    let end = outcome(job, step, stop, exit);
+    tracing::debug!(job_id, step = %step.name, state = %end.outcome.state,
+        exit_code = ?end.outcome.exit_code, "step ended");
+    Ok(end)
 }
 
 /// The main process's end, as read by `waitid` or by reaping.
@@ -294,7 +284,7 @@ async fn reap(groups: &mut JobGroups, pgid: Pid, job_id: &str) -> Exit {
     }
 }
 
-fn outcome(job: &PreparedJob, step: &StepSpec, stop: Option<Stop>, exit: Exit) -> StepOutcome {
+fn outcome(job: &PreparedJob, step: &StepSpec, stop: Option<Stop>, exit: Exit) -> StepEnd {
     let exit_code = match exit {
         Exit::Code(code) => Some(code),
         Exit::Signal(signo) => Some(128 + signo),
@@ -304,25 +294,15 @@ fn outcome(job: &PreparedJob, step: &StepSpec, stop: Option<Stop>, exit: Exit) -
         exit_code,
         ..outcome
     };
-    match (stop, exit) {
+    let outcome = match (stop, exit) {
         (Some(Stop::Cancel), _) => with_code(StepOutcome::cancelled(&step.name)),
         (Some(Stop::StepTimeout), _) => with_code(StepOutcome::timed_out(
             &step.name,
             step.timeout.unwrap_or_default(),
         )),
-        (Some(Stop::JobTimeout), _) => StepOutcome {
-            state: StepState::TimedOut,
-            exit_code,
-            failure: Some(Failure::new(
-                FailureClass::Timeout,
-                format!(
-                    "step `{}` was stopped because job `{}` timed out after {}",
-                    step.name,
-                    job.job_id,
-                    humanize(job.timeout.unwrap_or_default())
-                ),
-            )),
-        },
+        (Some(Stop::JobTimeout), _) => {
+            return StepEnd::job_timeout(step, job.timeout.unwrap_or_default(), exit_code);
+        }
         (None, Exit::Code(code)) => StepOutcome::exited(code, &step.name),
         (None, Exit::Signal(signo)) => {
             let name = signal_name(signo)
@@ -343,7 +323,8 @@ fn outcome(job: &PreparedJob, step: &StepSpec, stop: Option<Stop>, exit: Exit) -
             ),
             None,
         ),
-    }
+    };
+    StepEnd::of(outcome)
 }
 
 /// Reads what a pipe has, up to [`CHUNK`] bytes. Cancel-safe: a read dropped before it

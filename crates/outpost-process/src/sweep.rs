@@ -1,10 +1,9 @@
-//! Marking the per-job workspaces this backend uses under its work root, and removing those whose
-//! job is no longer live. Only a directory with a marker is ever removed.
+//! Marking the per-job workspaces this backend uses under its work root, listing them, and
+//! removing one whose job is no longer live. Only a directory with a marker is ever removed.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use outpost_executor::SweepReport;
 
@@ -42,17 +41,27 @@ fn same_dir(parent: Option<&Path>, work_root: &Path) -> bool {
     }
 }
 
-/// Removes every marked workspace under `work_root` whose job is not in `live`, with its marker.
-pub(crate) fn sweep(work_root: &Path, live: &HashSet<String>) -> SweepReport {
+/// A marked workspace: the job it belongs to, its directory and its marker.
+#[derive(Debug)]
+pub(crate) struct Marked {
+    pub job_id: String,
+    workspace: PathBuf,
+    marker: PathBuf,
+}
+
+/// Every marked workspace under `work_root` (whichever job it belongs to), and what could not be
+/// read.
+pub(crate) fn marked(work_root: &Path) -> (Vec<Marked>, SweepReport) {
     let mut report = SweepReport::default();
+    let mut found = Vec::new();
     let entries = match fs::read_dir(work_root) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return report,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (found, report),
         Err(e) => {
             report
                 .failed
                 .push(format!("work root {}: {e}", work_root.display()));
-            return report;
+            return (found, report);
         }
     };
     for entry in entries {
@@ -76,55 +85,64 @@ pub(crate) fn sweep(work_root: &Path, live: &HashSet<String>) -> SweepReport {
             continue;
         }
         let marker = entry.path();
-        let job_id = match fs::read_to_string(&marker) {
-            Ok(content) => content.trim().to_owned(),
-            Err(e) => {
-                report
-                    .failed
-                    .push(format!("marker {}: {e}", marker.display()));
-                continue;
-            }
-        };
-        if live.contains(&job_id) {
-            continue;
+        match fs::read_to_string(&marker) {
+            Ok(content) => found.push(Marked {
+                job_id: content.trim().to_owned(),
+                workspace: work_root.join(dir_name),
+                marker,
+            }),
+            Err(e) => report
+                .failed
+                .push(format!("marker {}: {e}", marker.display())),
         }
-        let workspace = work_root.join(dir_name);
-        match fs::symlink_metadata(&workspace) {
-            Ok(meta) if meta.is_dir() => match fs::remove_dir_all(&workspace) {
-                Ok(()) => report
-                    .removed
-                    .push(format!("workspace {} (job {job_id})", workspace.display())),
-                Err(e) => {
-                    report.failed.push(format!(
-                        "workspace {} (job {job_id}): {e}",
-                        workspace.display()
-                    ));
-                    continue;
-                }
-            },
-            Ok(_) => {
-                report.failed.push(format!(
-                    "workspace {} (job {job_id}): not a directory, left alone",
-                    workspace.display()
-                ));
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    }
+    (found, report)
+}
+
+/// Removes a marked workspace, then its marker (the marker last: a crash in between leaves a
+/// marker the next sweep finds again).
+pub(crate) fn remove(marked: &Marked) -> SweepReport {
+    let mut report = SweepReport::default();
+    let Marked {
+        job_id,
+        workspace,
+        marker,
+    } = marked;
+    match fs::symlink_metadata(workspace) {
+        Ok(meta) if meta.is_dir() => match fs::remove_dir_all(workspace) {
+            Ok(()) => report
+                .removed
+                .push(format!("workspace {} (job {job_id})", workspace.display())),
             Err(e) => {
                 report.failed.push(format!(
                     "workspace {} (job {job_id}): {e}",
                     workspace.display()
                 ));
-                continue;
+                return report;
             }
+        },
+        Ok(_) => {
+            report.failed.push(format!(
+                "workspace {} (job {job_id}): not a directory, left alone",
+                workspace.display()
+            ));
+            return report;
         }
-        if let Err(e) = fs::remove_file(&marker)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            report
-                .failed
-                .push(format!("marker {}: {e}", marker.display()));
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            report.failed.push(format!(
+                "workspace {} (job {job_id}): {e}",
+                workspace.display()
+            ));
+            return report;
         }
+    }
+    if let Err(e) = fs::remove_file(marker)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        report
+            .failed
+            .push(format!("marker {}: {e}", marker.display()));
     }
     report
 }

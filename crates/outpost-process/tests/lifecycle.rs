@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::{Fixture, check_event_order, read_pids, run, start, steps, wait_gone};
 use outpost_executor::{
-    CacheSpec, CancellationToken, Executor, ExecutorError, Resume, ServiceSpec, When, event_channel,
+    CacheSpec, CancellationToken, Executor, ExecutorError, JobId, Resume, RunnerId, ServiceSpec,
+    When, event_channel,
 };
 use outpost_process::MARKER_SUFFIX;
 use outpost_protocol::{FailureClass, JobResult, StepState};
@@ -287,8 +288,9 @@ async fn sweep_removes_only_marked_workspaces_of_dead_jobs() {
         JobResult::Success
     );
 
-    let live = HashSet::from(["j_live".to_owned()]);
-    let report = exec.sweep(&live).await.expect("sweep");
+    let runner = RunnerId::from(common::RUNNER);
+    let live = HashSet::from([JobId::from("j_live")]);
+    let report = exec.sweep(&runner, &live).await.expect("sweep");
 
     assert_eq!(report.failed, Vec::<String>::new());
     assert_eq!(
@@ -306,11 +308,14 @@ async fn sweep_removes_only_marked_workspaces_of_dead_jobs() {
     assert!(fx.dir.path().join("elsewhere").exists());
 
     // Once the live job is over, it goes too; a second sweep finds nothing more.
-    let report = exec.sweep(&HashSet::new()).await.expect("sweep");
+    let report = exec
+        .sweep(&runner, &HashSet::<JobId>::new())
+        .await
+        .expect("sweep");
     assert_eq!(report.removed.len(), 1);
     assert!(!fx.work_root.join("j_live").exists());
     assert!(
-        exec.sweep(&HashSet::new())
+        exec.sweep(&runner, &HashSet::<JobId>::new())
             .await
             .expect("sweep")
             .removed
@@ -345,8 +350,10 @@ async fn resume_is_unsupported_and_nothing_is_reattached() {
     );
     assert!(!ran.exists());
     assert_eq!(
-        exec.running_jobs().await.expect("running jobs"),
-        Vec::<String>::new()
+        exec.running_jobs(&RunnerId::from(common::RUNNER))
+            .await
+            .expect("running jobs"),
+        Vec::<JobId>::new()
     );
     assert_eq!(exec.kind(), "process");
 }

@@ -327,13 +327,13 @@ async fn a_job_timeout_stops_the_step_and_skips_the_rest() {
     assert_eq!(step_failure.class, FailureClass::Timeout);
     assert_eq!(
         step_failure.message,
-        "step `slow` was stopped because job `j_job_timeout` timed out after 300ms"
+        "step `slow` was stopped because the job timed out after 300ms"
     );
     let outcome = done.outcome();
     assert_eq!(outcome.result, JobResult::TimedOut);
     let failure = outcome.failure.as_ref().expect("job failure");
     assert_eq!(failure.class, FailureClass::Timeout);
-    assert_eq!(failure.message, "job `j_job_timeout` timed out after 300ms");
+    assert_eq!(failure.message, "the job timed out after 300ms");
 }
 
 #[tokio::test]

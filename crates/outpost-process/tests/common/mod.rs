@@ -16,6 +16,9 @@ use outpost_process::{ProcessConfig, ProcessExecutor};
 use outpost_protocol::StepState;
 use tokio::task::JoinHandle;
 
+/// The runner id of every test job.
+pub const RUNNER: &str = "r_test";
+
 /// Every wait in these tests ends by this deadline: a hang is a failure, not a stuck run.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -57,8 +60,8 @@ impl Fixture {
     /// A job whose workspace is `<work_root>/<job_id>` (not created yet).
     pub fn job(&self, job_id: &str, steps: Vec<StepSpec>) -> PreparedJob {
         PreparedJob {
-            job_id: job_id.to_owned(),
-            runner_id: "r_test".to_owned(),
+            job_id: job_id.into(),
+            runner_id: RUNNER.into(),
             cache_scope: "scope".to_owned(),
             workspace: self.work_root.join(job_id),
             container_workspace: "/workspace".to_owned(),
