@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outpost_protocol::{
     AcquireRequest, AcquireResponse, CancelResponse, CompleteRequest, CompleteResponse,
     CreateOrgRequest, CreateOrgResponse, CreateRunnerTokenRequest, CreateRunnerTokenResponse,
-    ErrorBody, ErrorCode, HeartbeatRequest, HeartbeatResponse, JobAssignment, JobDetails, JobList,
+    ErrorBody, ErrorCode, HeartbeatRequest, HeartbeatResponse, JobAssignment, JobDetails, JobId, JobList,
     JobState, JobSummary, LogAppendResponse, RegisterRequest, RegisterResponse, RunnerInfo,
     RunnerList, RunnerTokenInfo, RunnerTokenList, StepUpdate, SubmitJobRequest, SubmitJobResponse,
     paths,
@@ -238,13 +238,13 @@ impl HubClient {
     /// A gap (`409 log_gap`) is an outcome, not an error.
     pub async fn append_log(
         &self,
-        job_id: &str,
+        job_id: &JobId,
         offset: u64,
         bytes: Bytes,
     ) -> Result<LogAppend, ClientError> {
         let call = Call {
             method: Method::POST,
-            path: paths::job_log(&segment(job_id), offset),
+            path: paths::job_log(&segment(job_id.as_str()), offset),
             body: Some((bytes, "application/octet-stream")),
             idempotent: true,
             timeout: self.timeout(),
@@ -259,10 +259,10 @@ impl HubClient {
     }
 
     /// `POST /api/v1/runner/jobs/{id}/steps`: upserts one step's state.
-    pub async fn step_update(&self, job_id: &str, update: &StepUpdate) -> Result<(), ClientError> {
+    pub async fn step_update(&self, job_id: &JobId, update: &StepUpdate) -> Result<(), ClientError> {
         let call = Call::json(
             Method::POST,
-            paths::job_steps(&segment(job_id)),
+            paths::job_steps(&segment(job_id.as_str())),
             update,
             self.timeout(),
         );
@@ -273,12 +273,12 @@ impl HubClient {
     /// `POST /api/v1/runner/jobs/{id}/complete`. `409 log_incomplete` is an outcome.
     pub async fn complete(
         &self,
-        job_id: &str,
+        job_id: &JobId,
         req: &CompleteRequest,
     ) -> Result<Completion, ClientError> {
         let call = Call::json(
             Method::POST,
-            paths::job_complete(&segment(job_id)),
+            paths::job_complete(&segment(job_id.as_str())),
             req,
             self.timeout(),
         );

@@ -142,7 +142,7 @@ async fn retry_after_on_429_is_honoured() {
     let client = client(config(&server.url()));
 
     let outcome = client
-        .append_log("job-1", 0, Bytes::from_static(b"abc"))
+        .append_log(&"job-1".into(), 0, Bytes::from_static(b"abc"))
         .await
         .expect("append");
 
@@ -338,9 +338,8 @@ async fn acquire_204_is_none_and_200_is_the_job() {
         job_id: "job-1".into(),
         lease_id: "lease-1".into(),
         lease_expires_at: Timestamp::from_unix_millis(1_700_000_000_000),
-        spec: JobSpec {
-            pipeline: Some("version: 1\n".into()),
-            source: None,
+        spec: JobSpec::Inline {
+            pipeline: "version: 1\n".into(),
         },
         labels: vec![],
         variables: Default::default(),
@@ -406,12 +405,12 @@ async fn log_gap_and_incomplete_log_are_outcomes() {
     let client = client(config(&server.url()));
 
     let first = client
-        .append_log("job-1", 0, Bytes::from_static(b"hello"))
+        .append_log(&"job-1".into(), 0, Bytes::from_static(b"hello"))
         .await
         .expect("append");
     assert_eq!(first, LogAppend::Committed(5));
     let gap = client
-        .append_log("job-1", 10, Bytes::from_static(b"later"))
+        .append_log(&"job-1".into(), 10, Bytes::from_static(b"later"))
         .await
         .expect("gap");
     assert_eq!(gap, LogAppend::Gap { committed: 5 });
@@ -422,10 +421,10 @@ async fn log_gap_and_incomplete_log_are_outcomes() {
         failure: None,
         log_bytes: 10,
     };
-    let short = client.complete("job-1", &complete).await.expect("complete");
+    let short = client.complete(&"job-1".into(), &complete).await.expect("complete");
     assert_eq!(short, Completion::LogIncomplete { committed: 5 });
     let done = client
-        .complete("job-1", &complete)
+        .complete(&"job-1".into(), &complete)
         .await
         .expect("complete again");
     assert_eq!(
@@ -492,7 +491,7 @@ async fn api_errors_carry_the_body() {
     assert_eq!(endpoint, "GET /api/v1/orgs/acme/jobs/job-1");
 
     let err = client
-        .append_log("job-1", 0, Bytes::new())
+        .append_log(&"job-1".into(), 0, Bytes::new())
         .await
         .expect_err("lease mismatch");
     assert_eq!(err.code(), Some(ErrorCode::LeaseMismatch));

@@ -40,7 +40,7 @@ impl LogTarget for HubLogTarget {
     async fn append(&self, offset: u64, bytes: Bytes) -> Result<u64, TargetError> {
         match self
             .client
-            .append_log(self.job_id.as_str(), offset, bytes)
+            .append_log(&self.job_id, offset, bytes)
             .await
         {
             Ok(LogAppend::Committed(committed)) => Ok(committed),

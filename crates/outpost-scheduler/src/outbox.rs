@@ -314,13 +314,13 @@ impl Worker {
             }
             let attempt = match &entry.item {
                 Item::Step(update) => {
-                    match self.client.step_update(self.job_id.as_str(), update).await {
+                    match self.client.step_update(&self.job_id, update).await {
                         Ok(()) => Attempt::Done,
                         Err(e) => classify(e),
                     }
                 }
                 Item::Complete(req) => {
-                    match self.client.complete(self.job_id.as_str(), req).await {
+                    match self.client.complete(&self.job_id, req).await {
                         Ok(Completion::Done(resp)) => {
                             tracing::info!(job_id = %self.job_id, state = %resp.state, "completion acknowledged");
                             Attempt::Done

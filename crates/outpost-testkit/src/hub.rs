@@ -296,17 +296,17 @@ impl TestHub {
     }
 
     /// Fetches a job of `org`; panics unless 200.
-    pub async fn job(&self, org: &Org, job_id: &str) -> JobDetails {
-        let answer = self.as_org(org).get(&paths::job(&org.name, job_id)).await;
+    pub async fn job(&self, org: &Org, job_id: impl AsRef<str>) -> JobDetails {
+        let answer = self.as_org(org).get(&paths::job(&org.name, job_id.as_ref())).await;
         self.check(answer.code() == 200, &format!("get job: {answer:?}"));
         answer.json()
     }
 
     /// Reads a job's whole log (no follow); panics unless 200.
-    pub async fn log(&self, org: &Org, job_id: &str) -> Vec<u8> {
+    pub async fn log(&self, org: &Org, job_id: impl AsRef<str>) -> Vec<u8> {
         let answer = self
             .as_org(org)
-            .get(&paths::job_log_read(&org.name, job_id, 0, false))
+            .get(&paths::job_log_read(&org.name, job_id.as_ref(), 0, false))
             .await;
         self.check(answer.code() == 200, &format!("read log: {answer:?}"));
         answer.body.to_vec()

@@ -132,27 +132,27 @@ impl TestRunner {
     }
 
     /// Appends `bytes` at `offset` to a job's log; the raw answer.
-    pub async fn append_log(&self, job_id: &str, offset: u64, bytes: impl Into<Bytes>) -> Response {
+    pub async fn append_log(&self, job_id: impl AsRef<str>, offset: u64, bytes: impl Into<Bytes>) -> Response {
         self.http
-            .post_bytes(&paths::job_log(job_id, offset), bytes)
+            .post_bytes(&paths::job_log(job_id.as_ref(), offset), bytes)
             .await
     }
 
     /// Appends and panics unless 200; returns `committed`.
-    pub async fn append_log_ok(&self, job_id: &str, offset: u64, bytes: impl Into<Bytes>) -> u64 {
+    pub async fn append_log_ok(&self, job_id: impl AsRef<str>, offset: u64, bytes: impl Into<Bytes>) -> u64 {
         let answer = self.append_log(job_id, offset, bytes).await;
         answer.expect(200).json::<LogAppendResponse>().committed
     }
 
     /// Upserts a step; the raw answer.
-    pub async fn step(&self, job_id: &str, update: &StepUpdate) -> Response {
-        self.http.post_json(&paths::job_steps(job_id), update).await
+    pub async fn step(&self, job_id: impl AsRef<str>, update: &StepUpdate) -> Response {
+        self.http.post_json(&paths::job_steps(job_id.as_ref()), update).await
     }
 
     /// Completes a job; the raw answer.
-    pub async fn complete(&self, job_id: &str, request: &CompleteRequest) -> Response {
+    pub async fn complete(&self, job_id: impl AsRef<str>, request: &CompleteRequest) -> Response {
         self.http
-            .post_json(&paths::job_complete(job_id), request)
+            .post_json(&paths::job_complete(job_id.as_ref()), request)
             .await
     }
 

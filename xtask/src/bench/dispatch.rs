@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use outpost_client::{Completion, HubClient};
 use outpost_protocol::{
-    AcquireRequest, CompleteRequest, JobAssignment, JobResult, RegisterRequest,
+    AcquireRequest, CompleteRequest, JobAssignment, JobResult, RegisterRequest, RunnerId,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ const ACQUIRE_ROUTE: &str = "route=\"/api/v1/runner/acquire\"";
 /// polls that fall on the window's edges are counted in or out by chance.
 const EDGE_TOLERANCE: f64 = 0.02;
 
-async fn register(client: &HubClient, name: &str, capacity: u32) -> anyhow::Result<String> {
+async fn register(client: &HubClient, name: &str, capacity: u32) -> anyhow::Result<RunnerId> {
     let answer = client
         .register(&RegisterRequest {
             name: name.to_owned(),
@@ -232,7 +232,7 @@ pub async fn idle_runners(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> 
 
     // Register every runner, 32 at a time.
     let register_started = Instant::now();
-    let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); n]));
+    let ids = Arc::new(std::sync::Mutex::new(vec![RunnerId::new(""); n]));
     let next = Arc::new(AtomicUsize::new(0));
     let mut registrars = JoinSet::new();
     for w in 0..32 {

@@ -1,6 +1,7 @@
-//! The log pipeline figure: the runner's own pieces (`JobLog` with a masker, the spool, the
-//! `Uploader`) in the bench process, uploading through `HubClient::append_log` to a real hub
-//! process that stores every byte.
+//! The log pipeline figure: the runner's own pieces — the scheduler's log writer
+//! (`outpost_logship::JobLog` with a masker, step sections and reattach progress records), the
+//! `Uploader`, and the scheduler's `HubLogTarget` over `HubClient::append_log` — in the bench
+//! process, uploading to a real hub process that stores every byte.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,11 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
-use outpost_client::{ClientError, Completion, HubClient, LogAppend};
-use outpost_logship::{
-    JobLog, LogTarget, Masker, TargetError, UNLIMITED, Uploader, UploaderConfig,
-};
+use outpost_client::Completion;
+use outpost_logship::{JobLog, LogTarget, Masker, TargetError, UNLIMITED, Uploader, UploaderConfig};
 use outpost_protocol::{AcquireRequest, CompleteRequest, JobResult, MASK, RegisterRequest};
+use outpost_scheduler::HubLogTarget;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -31,30 +31,23 @@ const SECRETS: [(&str, &str); 3] = [
 /// Size of one write, as a step's output pipe delivers it.
 const WRITE: usize = 64 * 1024;
 
-/// The runner's `LogTarget` over `HubClient` (the scheduler's own is crate-private).
-/// It also counts the calls and the time spent waiting on their answers.
-struct ClientTarget {
-    client: HubClient,
-    job_id: String,
+/// The runner's own `HubLogTarget`, counting its calls and the time spent waiting on their
+/// answers (two atomic adds per call: the target itself is the one the scheduler ships).
+struct Counted {
+    target: HubLogTarget,
     calls: AtomicU64,
     busy_us: AtomicU64,
 }
 
 #[async_trait]
-impl LogTarget for ClientTarget {
+impl LogTarget for Counted {
     async fn append(&self, offset: u64, bytes: Bytes) -> Result<u64, TargetError> {
         let started = Instant::now();
-        let answer = self.client.append_log(&self.job_id, offset, bytes).await;
+        let answer = self.target.append(offset, bytes).await;
         let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.busy_us.fetch_add(took, Ordering::Relaxed);
-        match answer {
-            Ok(LogAppend::Committed(committed)) => Ok(committed),
-            Ok(LogAppend::Gap { committed }) => Err(TargetError::Gap { committed }),
-            Err(e @ ClientError::Unauthorized { .. }) => Err(TargetError::Fatal(e.to_string())),
-            Err(e) if e.is_retryable() => Err(TargetError::Retryable(e.to_string())),
-            Err(e) => Err(TargetError::Fatal(e.to_string())),
-        }
+        answer
     }
 }
 
@@ -125,11 +118,12 @@ pub async fn pipeline(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "log pipeline (mask + spool + upload + hub store), loopback",
         &disk,
         format!(
-            "{} of build-log-like text (a secret every ~50 lines) written in 64 KiB pieces to a \
-             JobLog masking 3 secrets (all their forms), spooled to disk, uploaded by the \
-             Uploader (1 MiB batches) through HubClient::append_log to a real outpost-hub process \
-             that stores it in SQLite (WAL, synchronous=NORMAL), spool and database in {}; timed \
-             from the first write until the hub committed the last byte",
+            "{} of build-log-like text (a secret every ~50 lines) written as one step's output in \
+             64 KiB pieces through the runner's log writer (JobLog: masking 3 secrets in all \
+             their forms, spool, reattach progress records), uploaded by the Uploader (1 MiB \
+             batches) through the scheduler's HubLogTarget to a real outpost-hub process that \
+             stores it (log files + SQLite offsets), spool and hub data in {}; timed from the \
+             first write until the hub committed the last byte",
             mib(total),
             ctx.work.display()
         ),
@@ -144,9 +138,8 @@ pub async fn pipeline(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         rows.push(row(
             "log pipeline as above, database and spool on tmpfs",
             &tmpfs,
-            "the same run with the hub's database and the spool in /dev/shm: the difference to \
-             the row above is what the disk costs (fsync and writeback of the SQLite WAL and \
-             its checkpoints)"
+            "the same run with the hub's data and the spool in /dev/shm: the difference to the \
+             row above is what the disk costs (the hub's fsyncs and writeback)"
                 .to_owned(),
         ));
     }
@@ -217,11 +210,16 @@ async fn run_once(ctx: &Ctx, base: &Path, total: u64) -> anyhow::Result<Run> {
         .map(|(name, value)| ((*name).to_owned(), value.as_bytes().to_vec()))
         .collect();
     let masker = Masker::new(&secrets).context("building the masker")?;
-    let spool = ctx.dir_in(base, "logs-spool")?.join("log.spool");
-    let log = Arc::new(JobLog::open(&spool, UNLIMITED, masker).context("opening the job log")?);
-    let target = Arc::new(ClientTarget {
-        client: runner.clone(),
-        job_id: job_id.clone(),
+    let dir = ctx.dir_in(base, "logs-spool")?;
+    let mut log = JobLog::with_progress(
+        &dir.join("log.spool"),
+        &dir.join("progress"),
+        UNLIMITED,
+        masker,
+    )
+    .context("opening the job log")?;
+    let target = Arc::new(Counted {
+        target: HubLogTarget::new(runner.clone(), job.job_id.clone()),
         calls: AtomicU64::new(0),
         busy_us: AtomicU64::new(0),
     });
@@ -236,26 +234,25 @@ async fn run_once(ctx: &Ctx, base: &Path, total: u64) -> anyhow::Result<Run> {
         UploaderConfig::default(),
         cancel.clone(),
     );
-    let writer = {
-        let log = Arc::clone(&log);
-        tokio::task::spawn_blocking(move || {
-            let mut written = 0u64;
-            'outer: loop {
-                for piece in input.chunks(WRITE) {
-                    let left = total - written;
-                    if left == 0 {
-                        break 'outer;
-                    }
-                    let piece =
-                        &piece[..piece.len().min(usize::try_from(left).unwrap_or(usize::MAX))];
-                    log.write(piece)?;
-                    written += piece.len() as u64;
-                }
+    // As the scheduler's event loop does it: on the async task, one step section, every piece
+    // of output through `JobLog::output`.
+    log.start_step(0, "build").context("starting the step")?;
+    let mut written = 0u64;
+    'outer: loop {
+        for piece in input.chunks(WRITE) {
+            let left = total - written;
+            if left == 0 {
+                break 'outer;
             }
-            anyhow::Ok(started.elapsed())
-        })
-    };
-    let write_elapsed = writer.await.context("the writer task failed")??;
+            let piece = &piece[..piece.len().min(usize::try_from(left).unwrap_or(usize::MAX))];
+            log.output(0, piece).context("writing to the job log")?;
+            written += piece.len() as u64;
+            // Let the uploader run beside the writer, as it does beside the event loop.
+            tokio::task::yield_now().await;
+        }
+    }
+    log.end_step(0).context("ending the step")?;
+    let write_elapsed = started.elapsed();
     let final_len = log.finish().await.context("finishing the job log")?;
     let committed = tokio::time::timeout(Duration::from_secs(300), uploader.finish(final_len))
         .await
@@ -271,7 +268,7 @@ async fn run_once(ctx: &Ctx, base: &Path, total: u64) -> anyhow::Result<Run> {
     // Off the clock: the job completes with its full log, and the stored tail is masked.
     let completion = runner
         .complete(
-            &job_id,
+            &job.job_id,
             &CompleteRequest {
                 lease_id: job.lease_id.clone(),
                 result: JobResult::Success,

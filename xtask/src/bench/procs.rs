@@ -250,7 +250,7 @@ impl Hub {
             .submit_job(ORG, &request)
             .await
             .context("submitting a job")?;
-        Ok(job.job_id)
+        Ok(job.job_id.into_string())
     }
 
     /// Waits until job `id` has ended; answers it.
