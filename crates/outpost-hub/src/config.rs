@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::HubError;
 
@@ -30,7 +31,8 @@ pub enum LogFormat {
 pub struct HubConfig {
     /// Address the binary listens on (the library takes a bound listener instead).
     pub listen: SocketAddr,
-    /// The SQLite database file; created when missing.
+    /// The SQLite database file; created when missing. Job logs are files in
+    /// `<database>.logs/<org id>/<job id>.log`.
     pub database: PathBuf,
     /// The admin key. When unset, one is generated at first start and kept in
     /// `<database>.admin-key` (mode 0600).
@@ -55,6 +57,38 @@ pub struct HubConfig {
     pub shutdown_grace_s: u64,
     /// How the binary logs: `text` or `json`.
     pub log_format: LogFormat,
+    /// How long a finished job (with its steps and log file) is kept after it ended, e.g.
+    /// `30days`, `12h`; `0` keeps jobs forever. Swept at start and then periodically.
+    #[serde(
+        deserialize_with = "retention_duration",
+        serialize_with = "humantime_serialize"
+    )]
+    pub job_retention: Duration,
+}
+
+/// The default `job_retention`: 30 days.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn humantime_serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// A duration as humantime text (`30days`, `90m`); `0`, `none`, `off` and `forever` mean no
+/// limit (zero).
+fn retention_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if ["0", "none", "off", "forever"]
+        .iter()
+        .any(|word| text.eq_ignore_ascii_case(word))
+    {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like `30days` or `12h` (or `0` for forever): {e}"
+        ))
+    })
 }
 
 impl Default for HubConfig {
@@ -73,6 +107,7 @@ impl Default for HubConfig {
             tls_key: None,
             shutdown_grace_s: 5,
             log_format: LogFormat::Text,
+            job_retention: DEFAULT_JOB_RETENTION,
         }
     }
 }
@@ -93,6 +128,7 @@ impl std::fmt::Debug for HubConfig {
             .field("tls_key", &self.tls_key)
             .field("shutdown_grace_s", &self.shutdown_grace_s)
             .field("log_format", &self.log_format)
+            .field("job_retention", &self.job_retention)
             .finish()
     }
 }
@@ -206,6 +242,18 @@ impl HubConfig {
     pub(crate) fn lease_ttl_ms(&self) -> u64 {
         self.lease_ttl_s.saturating_mul(1000)
     }
+
+    /// How long finished jobs are kept; `None` for forever.
+    pub fn job_retention(&self) -> Option<Duration> {
+        (!self.job_retention.is_zero()).then_some(self.job_retention)
+    }
+
+    /// How often the retention sweep runs: a 24th of the retention (so a job outlives it by
+    /// at most ~4 %), between a second and an hour.
+    pub(crate) fn retention_sweep_interval(&self) -> Option<Duration> {
+        self.job_retention()
+            .map(|r| (r / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600)))
+    }
 }
 
 fn config_error(sources: &ConfigSources, e: &config::ConfigError) -> HubError {
@@ -272,6 +320,36 @@ mod tests {
         assert_eq!(config.max_log_chunk_bytes, 1 << 20);
         assert_eq!(config.max_json_body_bytes, 1 << 20);
         assert_eq!(config.max_pipeline_bytes, 256 << 10);
+        assert_eq!(config.job_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            config.retention_sweep_interval(),
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn job_retention_reads_durations_and_forever() {
+        let check = |toml: Option<&str>, env: &[(&str, &str)], expected: Option<Duration>| {
+            let config = load(toml, env, &[]).expect("loads");
+            assert_eq!(config.job_retention(), expected, "{toml:?} {env:?}");
+        };
+        let days = |n: u64| Some(Duration::from_secs(n * 86_400));
+        check(Some("job_retention = \"7days\"\n"), &[], days(7));
+        check(
+            None,
+            &[("OUTPOST_HUB_JOB_RETENTION", "12h")],
+            Some(Duration::from_secs(43_200)),
+        );
+        check(None, &[("OUTPOST_HUB_JOB_RETENTION", "0")], None);
+        check(Some("job_retention = 0\n"), &[], None);
+        check(Some("job_retention = \"forever\"\n"), &[], None);
+        let short = load(None, &[("OUTPOST_HUB_JOB_RETENTION", "2s")], &[]).expect("loads");
+        assert_eq!(
+            short.retention_sweep_interval(),
+            Some(Duration::from_secs(1))
+        );
+        let err = load(Some("job_retention = \"a month\"\n"), &[], &[]).expect_err("bad");
+        assert!(err.to_string().contains("job_retention"), "{err}");
     }
 
     #[test]

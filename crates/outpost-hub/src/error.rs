@@ -125,7 +125,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::OffsetPastEnd { .. } => ApiError::bad_request(e.to_string()),
             StoreError::Busy { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
-            StoreError::Database { .. } | StoreError::Open { .. } | StoreError::Task { .. } => {
+            StoreError::Database { .. }
+            | StoreError::Open { .. }
+            | StoreError::Task { .. }
+            | StoreError::LogFile(_) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(
                     ErrorCode::Internal,

@@ -1,7 +1,8 @@
 //! outpost-hub: the reference control plane of outpost (DESIGN.md §3). An axum HTTP API over an
 //! embedded SQLite store: organizations, API keys and runner tokens, runner registration, label
 //! routing, long-poll dispatch with leases, batched long-poll heartbeats, durable logs with
-//! byte offsets, and the admin API. See `docs/protocol.md` for the wire contract.
+//! byte offsets (one append-only file per job), retention of finished jobs, and the admin API.
+//! See `docs/protocol.md` for the wire contract.
 //!
 //! Embedding:
 //!
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::admin::Admin;
 use crate::api::Shared;
-pub use crate::config::{ConfigSources, ENV_PREFIX, HubConfig, LogFormat};
+pub use crate::config::{ConfigSources, DEFAULT_JOB_RETENTION, ENV_PREFIX, HubConfig, LogFormat};
 pub use crate::error::HubError;
 pub use crate::secret::{ADMIN_KEY_PREFIX, ORG_KEY_PREFIX, RUNNER_TOKEN_PREFIX};
 use crate::store::Store;
@@ -211,6 +212,7 @@ impl Hub {
         })?;
         tracing::info!(%addr, tls = self.tls.is_some(), database = %config::show(&config.database), "hub serving");
         let expiry = tokio::spawn(expire_leases(Arc::clone(&shared)));
+        let retention = tokio::spawn(sweep_retention(Arc::clone(&shared)));
         let router = api::router(Arc::clone(&shared));
         let grace = Duration::from_secs(config.shutdown_grace_s);
         let served = server::run(
@@ -226,6 +228,9 @@ impl Hub {
         shared.acquire.wake_all();
         if let Err(e) = expiry.await {
             tracing::error!(error = %e, "lease expiry task failed");
+        }
+        if let Err(e) = retention.await {
+            tracing::error!(error = %e, "retention task failed");
         }
         tracing::info!("hub stopped");
         served
@@ -273,6 +278,63 @@ async fn expire_leases(shared: Arc<Shared>) {
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+/// How many jobs one retention delete call removes; the sweep repeats until fewer come back,
+/// so each call holds the database only briefly.
+const RETENTION_BATCH: u32 = 200;
+
+/// Deletes finished jobs (rows and log files) older than `job_retention`: at start, then every
+/// [`HubConfig::retention_sweep_interval`]. First, once, removes log files whose job is gone (a
+/// crash between a delete and its file's removal).
+async fn sweep_retention(shared: Arc<Shared>) {
+    match shared.store.remove_orphan_logs().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed log files of deleted jobs"),
+        Err(e) => tracing::error!(error = %e, "removing orphaned log files failed"),
+    }
+    let (Some(retention), Some(interval)) = (
+        shared.config.job_retention(),
+        shared.config.retention_sweep_interval(),
+    ) else {
+        tracing::info!("job retention off: finished jobs and their logs are kept forever");
+        return;
+    };
+    loop {
+        let cutoff = Timestamp::now()
+            .unix_millis()
+            .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let cutoff = Timestamp::from_unix_millis(cutoff);
+        let mut deleted = 0;
+        loop {
+            if shared.stopping.is_cancelled() {
+                return;
+            }
+            match shared
+                .store
+                .delete_finished_jobs(cutoff, RETENTION_BATCH)
+                .await
+            {
+                Ok(n) => {
+                    deleted += n;
+                    if n < u64::from(RETENTION_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "deleting expired jobs failed");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(jobs = deleted, ended_before = %cutoff, "retention: deleted finished jobs and their logs");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
             () = shared.stopping.cancelled() => return,
         }
     }

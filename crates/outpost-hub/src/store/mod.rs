@@ -1,7 +1,9 @@
 //! The hub's storage interface: every durable operation the handlers need, as one narrow async
 //! trait ([`Store`]) in domain terms (no SQL), so another backend (PostgreSQL) can be added
-//! without touching a handler. [`SqliteStore`] is the embedded default.
+//! without touching a handler. [`SqliteStore`] is the embedded default. Job logs live in files
+//! ([`LogFiles`]), which any backend can use beside its rows.
 
+mod logfiles;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -14,6 +16,7 @@ use outpost_protocol::{
     LeaseStatus, RegisterRequest, RunnerInfo, RunnerTokenInfo, StepUpdate, Timestamp,
 };
 
+pub use self::logfiles::{LogFileError, LogFiles, LogLock, LogWriter};
 pub use self::sqlite::SqliteStore;
 
 /// An organization's internal key.
@@ -179,6 +182,9 @@ pub enum StoreError {
     /// The blocking task running a query died.
     #[error("store task failed during {op}: {message}")]
     Task { op: &'static str, message: String },
+    /// A job's log file could not be read or written.
+    #[error(transparent)]
+    LogFile(#[from] LogFileError),
 }
 
 /// Every durable operation of the hub. Each call is atomic; calls that change a job's state
@@ -314,6 +320,19 @@ pub trait Store: Send + Sync + 'static {
     async fn extend_live_leases(&self, expires_at: Timestamp) -> Result<u64, StoreError>;
     /// How many jobs are in each state.
     async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError>;
+
+    // ----- retention -----
+
+    /// Deletes up to `limit` jobs (oldest first) that ended before `ended_before`, with their
+    /// steps and log files; returns how many. Jobs that have not ended are never deleted.
+    async fn delete_finished_jobs(
+        &self,
+        ended_before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+    /// Removes log files whose job no longer exists (left by a crash between deleting a job
+    /// and its file); returns how many.
+    async fn remove_orphan_logs(&self) -> Result<u64, StoreError>;
 }
 
 /// Whether a runner with `runner_labels` may take a job with `job_labels` (a subset).

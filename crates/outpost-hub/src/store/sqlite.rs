@@ -1,18 +1,22 @@
-//! The embedded SQLite store: one database file in WAL mode. rusqlite is blocking, so every call
-//! runs on tokio's blocking pool, on one of two connections (a writer and a reader, each behind
-//! a std mutex that is never held across an `.await`). Writes are `BEGIN IMMEDIATE`
+//! The embedded SQLite store: one database file in WAL mode for every row, and the job logs in
+//! append-only files beside it ([`LogFiles`], `<database>.logs/`). rusqlite is blocking, so
+//! every call runs on tokio's blocking pool, on one of two connections (a writer and a reader,
+//! each behind a std mutex that is never held across an `.await`). Writes are `BEGIN IMMEDIATE`
 //! transactions; state changes are conditional UPDATEs, so a job is claimed exactly once even
 //! when several hubs or admin commands share the file.
 //!
 //! Durability: `synchronous=NORMAL` in WAL mode: every committed transaction survives a crash of
-//! the hub process (kill -9); a power loss or OS crash may lose the last few transactions.
+//! the hub process (kill -9); a power loss or OS crash may lose the last few transactions. A log
+//! append writes and `fdatasync`s the job's file first and commits the new length (`log_bytes`)
+//! after, so the database never counts a byte the file may not hold; bytes past `log_bytes` (an
+//! append cut short by a crash) are never served and are cut off by the job's next append.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use outpost_protocol::{
     CompleteRequest, Failure, FailureClass, HeldLease, JobAssignment, JobDetails, JobSpec,
     JobState, JobSummary, LeaseStatus, RegisterRequest, RunnerInfo, RunnerTokenInfo, Source,
@@ -23,6 +27,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::logfiles::{LogFiles, LogWriter};
 use super::{
     Appended, CancelOutcome, Claimed, Completed, ExpiredLease, HeartbeatOutcome, LogSlice, NewJob,
     NewLease, Org, OrgId, RunnerRecord, SecretHash, Store, StoreError,
@@ -30,13 +35,16 @@ use super::{
 
 /// How long a call waits for another process's write lock before failing with `Busy`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Small appends are merged into the job's last chunk up to this size, so a log written in many
-/// small pieces still reads back in few rows.
-const COALESCE_LIMIT: usize = 64 * 1024;
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+/// How many orphaned log files are checked against the jobs table in one read transaction.
+const ORPHAN_BATCH: usize = 500;
+/// How many log files the schema 1 → 2 migration writes before syncing them together.
+const MIGRATION_SYNC_BATCH: usize = 32;
 
-const SCHEMA: &str = "
+/// Version 1: every table, with log bytes in `log_chunks` rows. A new database is created at
+/// version 1 and migrated, so every database goes through the same steps.
+const SCHEMA_V1: &str = "
 CREATE TABLE orgs (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -111,6 +119,13 @@ CREATE TABLE log_chunks (
 );
 ";
 
+/// Version 2: log bytes live in files ([`LogFiles`]); `migrate_logs_to_files` has moved the
+/// chunks out before this runs. The index serves the retention sweep.
+const SCHEMA_V2: &str = "
+DROP TABLE log_chunks;
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+";
+
 /// The SQLite implementation of [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -121,12 +136,14 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    logs: LogFiles,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.inner.path)
+            .field("logs", &self.inner.logs.root())
             .finish()
     }
 }
@@ -149,6 +166,12 @@ impl From<StoreError> for Fail {
     }
 }
 
+impl From<super::LogFileError> for Fail {
+    fn from(e: super::LogFileError) -> Self {
+        Fail::Domain(e.into())
+    }
+}
+
 type TxResult<T> = Result<T, Fail>;
 
 fn sql_error(op: &'static str, e: rusqlite::Error) -> StoreError {
@@ -168,21 +191,27 @@ fn finish<T>(op: &'static str, r: TxResult<T>) -> Result<T, StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating when missing) the database file and brings its schema up to date.
-    /// Blocking: call it from a blocking context.
+    /// Opens (creating when missing) the database file and its log folder
+    /// (`<database>.logs`), and brings the schema up to date (moving the log chunks of a
+    /// version 1 database into files). Blocking: call it from a blocking context.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
         };
+        let logs = LogFiles::open(&LogFiles::root_for(path))?;
         let writer = open_connection(path).map_err(open_err)?;
-        migrate(&writer).map_err(open_err)?;
+        migrate(&writer, &logs).map_err(|e| match e {
+            Fail::Sql(e) => open_err(e),
+            Fail::Domain(e) => e,
+        })?;
         let reader = open_connection(path).map_err(open_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
+                logs,
             }),
         })
     }
@@ -192,27 +221,32 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// The folder of the job log files.
+    pub fn logs_dir(&self) -> &Path {
+        self.inner.logs.root()
+    }
+
+    /// Runs `f` on the blocking pool with the store's parts.
+    async fn blocking<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::task::spawn_blocking(move || f(&inner));
+        task.await.map_err(|e| StoreError::Task {
+            op,
+            message: e.to_string(),
+        })?
+    }
+
     /// Runs `f` in an immediate (write) transaction on the blocking pool; commits on `Ok`.
     async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> TxResult<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        let task = tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let r = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let value = f(&tx)?;
-                tx.commit()?;
-                Ok(value)
-            })();
-            finish(op, r)
-        });
-        task.await.map_err(|e| StoreError::Task {
-            op,
-            message: e.to_string(),
-        })?
+        self.blocking(op, move |inner| inner.write(op, f)).await
     }
 
     /// Runs `f` in a read transaction (one consistent snapshot) on the blocking pool.
@@ -221,21 +255,41 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> TxResult<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        let task = tokio::task::spawn_blocking(move || {
-            let mut conn = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
-            let r = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-                let value = f(&tx)?;
-                tx.finish()?;
-                Ok(value)
-            })();
-            finish(op, r)
-        });
-        task.await.map_err(|e| StoreError::Task {
-            op,
-            message: e.to_string(),
-        })?
+        self.blocking(op, move |inner| inner.read(op, f)).await
+    }
+}
+
+impl Inner {
+    /// Runs `f` in an immediate (write) transaction on the writer; commits on `Ok`. Blocking.
+    fn write<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        finish(op, r)
+    }
+
+    /// Runs `f` in a read transaction on the reader. Blocking.
+    fn read<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let value = f(&tx)?;
+            tx.finish()?;
+            Ok(value)
+        })();
+        finish(op, r)
     }
 }
 
@@ -247,26 +301,121 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
         tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
     }
     // NORMAL: a commit survives a crash of the process (kill -9), fsyncs happen at checkpoints.
-    // Checkpoints every ~16 MiB of WAL instead of SQLite's 4 MiB: log appends are large, and each
-    // checkpoint costs an fsync.
+    // Checkpoints every ~16 MiB of WAL instead of SQLite's 4 MiB: fewer checkpoint fsyncs (log
+    // bytes no longer pass through the WAL, but a busy hub still writes many small rows).
     conn.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 4000;",
     )?;
     Ok(conn)
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// Brings the schema to [`SCHEMA_VERSION`], one version at a time, in one transaction: a crash
+/// part-way leaves the database at its old version, and the next open starts over.
+fn migrate(conn: &Connection, logs: &LogFiles) -> TxResult<()> {
     let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version == 0 {
-        tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-    } else if version > SCHEMA_VERSION {
+    if version > SCHEMA_VERSION {
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "schema version {version} is newer than this hub knows ({SCHEMA_VERSION})"
-        )));
+        ))
+        .into());
     }
-    tx.commit()
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1)?;
+    }
+    if version < 2 {
+        migrate_logs_to_files(&tx, logs)?;
+        tx.execute_batch(SCHEMA_V2)?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Version 1 → 2: writes each job's `log_chunks` rows, in offset order, to its log file and
+/// syncs it, before the transaction that drops the table commits. A crash in between leaves the
+/// chunks in place; the next open rewrites the files from offset 0. One chunk at a time is in
+/// memory.
+fn migrate_logs_to_files(tx: &Transaction<'_>, logs: &LogFiles) -> TxResult<()> {
+    let jobs: Vec<(i64, OrgId, String, u64)> = {
+        let mut stmt = tx.prepare(
+            "SELECT j.seq, j.org_id, j.id, j.log_bytes FROM jobs j
+             WHERE EXISTS (SELECT 1 FROM log_chunks c WHERE c.job_seq = j.seq)
+             ORDER BY j.seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, u64_col(r, 3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        jobs = jobs.len(),
+        logs = %logs.root().display(),
+        "moving job logs out of the database into files (schema 1 → 2)"
+    );
+    let mut chunks =
+        tx.prepare("SELECT start, data FROM log_chunks WHERE job_seq = ?1 ORDER BY start")?;
+    let mut bytes = 0u64;
+    let mut unsynced = Vec::with_capacity(MIGRATION_SYNC_BATCH);
+    for (seq, org, job_id, log_bytes) in jobs {
+        let mut writer = logs.lock(org, &job_id).writer(0)?;
+        let mut rows = chunks.query([seq])?;
+        while let Some(row) = rows.next()? {
+            let start = u64_col(row, 0)?;
+            let data = row.get_ref(1)?.as_blob().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, Box::new(e))
+            })?;
+            // The old store wrote contiguous chunks; anything else is kept up to the first hole.
+            let skip =
+                usize::try_from(writer.position().saturating_sub(start)).unwrap_or(usize::MAX);
+            if start > writer.position() {
+                tracing::warn!(job = %job_id, at = writer.position(), next = start, "log chunks have a hole; the log is kept up to it");
+                break;
+            }
+            if skip < data.len() {
+                writer.write(&data[skip..])?;
+            }
+        }
+        let written = writer.position();
+        unsynced.push(writer);
+        if unsynced.len() == MIGRATION_SYNC_BATCH {
+            finish_all(&mut unsynced)?;
+        }
+        bytes += written.min(log_bytes);
+        if written < log_bytes {
+            tracing::warn!(job = %job_id, log_bytes, written, "log chunks hold fewer bytes than the job counted; log_bytes set to what they hold");
+            tx.execute(
+                "UPDATE jobs SET log_bytes = ?2 WHERE seq = ?1",
+                params![seq, i64_of(written)],
+            )?;
+        }
+        // More bytes than counted cannot come from the old store; the extra is past log_bytes,
+        // so it is never served and the next append cuts it off.
+    }
+    finish_all(&mut unsynced)?;
+    tracing::info!(bytes, "job logs moved into files");
+    Ok(())
+}
+
+/// Syncs the files of a migration batch in parallel: concurrent fdatasyncs share the file
+/// system's journal commits, where one after another each would wait for its own.
+fn finish_all(writers: &mut Vec<LogWriter>) -> Result<(), super::LogFileError> {
+    std::thread::scope(|scope| {
+        let syncs: Vec<_> = writers
+            .drain(..)
+            .map(|writer| scope.spawn(move || writer.finish()))
+            .collect();
+        // The scope joins every thread, also those after the first error.
+        syncs.into_iter().try_for_each(|sync| {
+            sync.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,11 +539,11 @@ fn job_head(tx: &Transaction<'_>, org: OrgId, job_id: &str) -> TxResult<JobHead>
     })
 }
 
-fn queued_error(job_id: &str) -> Fail {
-    Fail::Domain(StoreError::InvalidState {
+fn queued_error(job_id: &str) -> StoreError {
+    StoreError::InvalidState {
         job: job_id.to_owned(),
         message: "is queued: no runner holds it yet".to_owned(),
-    })
+    }
 }
 
 /// Ends or requeues a job whose lease ran out.
@@ -862,8 +1011,12 @@ impl Store for SqliteStore {
         data: Bytes,
         now: Timestamp,
     ) -> Result<Appended, StoreError> {
-        self.write("append log", move |tx| {
-            let head = job_head(tx, org, &job_id)?;
+        const OP: &str = "append log";
+        self.blocking(OP, move |inner| {
+            // The job's lock orders its appends; appends to other jobs run beside this one,
+            // each with its own fdatasync, and meet only in the short commit below.
+            let lock = inner.logs.lock(org, &job_id);
+            let head = inner.read(OP, |tx| job_head(tx, org, &job_id))?;
             if head.state == JobState::Queued {
                 return Err(queued_error(&job_id));
             }
@@ -873,8 +1026,7 @@ impl Store for SqliteStore {
                     job: job_id,
                     offset,
                     committed,
-                }
-                .into());
+                });
             }
             let end = offset.saturating_add(data.len() as u64);
             if end <= committed {
@@ -886,50 +1038,41 @@ impl Store for SqliteStore {
             // Bytes below `committed` were stored by an earlier call: skip them.
             let skip = usize::try_from(committed - offset).unwrap_or(usize::MAX);
             let fresh = &data[skip.min(data.len())..];
-            // The last chunk's length first: its bytes are read only when small appends are
-            // coalesced into it, never for the large batches a busy log sends.
-            let last = tx
-                .query_row(
-                    "SELECT start, length(data) FROM log_chunks WHERE job_seq = ?1
-                     ORDER BY start DESC LIMIT 1",
-                    [head.seq],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )
-                .optional()?;
-            match last {
-                Some((start, len))
-                    if usize::try_from(len)
-                        .unwrap_or(usize::MAX)
-                        .saturating_add(fresh.len())
-                        <= COALESCE_LIMIT
-                        && i64_of(committed) == start + len =>
-                {
-                    let mut bytes: Vec<u8> = tx.query_row(
-                        "SELECT data FROM log_chunks WHERE job_seq = ?1 AND start = ?2",
-                        params![head.seq, start],
-                        |r| r.get(0),
-                    )?;
-                    bytes.extend_from_slice(fresh);
-                    tx.execute(
-                        "UPDATE log_chunks SET data = ?3 WHERE job_seq = ?1 AND start = ?2",
-                        params![head.seq, start, bytes],
-                    )?;
-                }
-                _ => {
-                    tx.execute(
-                        "INSERT INTO log_chunks (job_seq, start, data) VALUES (?1, ?2, ?3)",
-                        params![head.seq, i64_of(committed), fresh],
-                    )?;
-                }
-            }
             let added = fresh.len() as u64;
-            tx.execute(
-                "UPDATE jobs SET log_bytes = log_bytes + ?2,
-                     state = CASE WHEN state = 'assigned' THEN 'running' ELSE state END,
-                     started_at = CASE WHEN state = 'assigned' THEN ?3 ELSE started_at END
-                 WHERE seq = ?1",
-                params![head.seq, i64_of(added), now.unix_millis()],
-            )?;
+            // Durable in the file first, counted in the database after: see `LogFiles`.
+            lock.append(committed, fresh)?;
+            inner.write(OP, |tx| {
+                let updated = tx.execute(
+                    "UPDATE jobs SET log_bytes = ?3,
+                         state = CASE WHEN state = 'assigned' THEN 'running' ELSE state END,
+                         started_at = CASE WHEN state = 'assigned' THEN ?4 ELSE started_at END
+                     WHERE seq = ?1 AND log_bytes = ?2 AND state <> 'queued'",
+                    params![
+                        head.seq,
+                        i64_of(committed),
+                        i64_of(committed + added),
+                        now.unix_millis()
+                    ],
+                )?;
+                if updated == 1 {
+                    return Ok(());
+                }
+                // The job changed between the read and this commit. The bytes written past
+                // its committed length are not counted, so they are never served.
+                let again = job_head(tx, org, &job_id)?;
+                if again.state == JobState::Queued {
+                    return Err(queued_error(&job_id).into());
+                }
+                Err(StoreError::InvalidState {
+                    job: job_id.clone(),
+                    message: format!(
+                        "log changed during the append ({committed} bytes committed before, {} \
+                         now): is another hub process appending to this database?",
+                        again.log_bytes
+                    ),
+                }
+                .into())
+            })?;
             Ok(Appended {
                 committed: committed + added,
                 added,
@@ -945,48 +1088,28 @@ impl Store for SqliteStore {
         offset: u64,
         max: usize,
     ) -> Result<LogSlice, StoreError> {
-        self.read("read log", move |tx| {
-            let head = job_head(tx, org, &job_id)?;
+        const OP: &str = "read log";
+        self.blocking(OP, move |inner| {
+            let head = inner.read(OP, |tx| job_head(tx, org, &job_id))?;
             let total = head.log_bytes;
-            let ended = head.state.is_terminal();
             if offset > total {
                 return Err(StoreError::OffsetPastEnd {
                     job: job_id,
                     offset,
                     end: total,
-                }
-                .into());
+                });
             }
-            let mut out = BytesMut::new();
-            if offset < total && max > 0 {
-                let mut stmt = tx.prepare(
-                    "SELECT start, data FROM log_chunks
-                     WHERE job_seq = ?1 AND start >= COALESCE(
-                         (SELECT MAX(start) FROM log_chunks WHERE job_seq = ?1 AND start <= ?2), 0)
-                     ORDER BY start",
-                )?;
-                let mut rows = stmt.query(params![head.seq, i64_of(offset)])?;
-                while let Some(row) = rows.next()? {
-                    let start = u64_col(row, 0)?;
-                    let data = row.get_ref(1)?.as_blob().map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, Box::new(e))
-                    })?;
-                    let skip = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX);
-                    if skip >= data.len() {
-                        continue;
-                    }
-                    let room = max - out.len();
-                    let piece = &data[skip..];
-                    out.extend_from_slice(&piece[..piece.len().min(room)]);
-                    if out.len() >= max {
-                        break;
-                    }
-                }
-            }
+            // Only committed bytes, and at most `max` of them: a torn tail is never served and
+            // a long log is read in pieces. Bytes below `log_bytes` never change, so the file
+            // is read without the job's lock and without holding the database.
+            let len = usize::try_from(total - offset)
+                .unwrap_or(usize::MAX)
+                .min(max);
+            let data = inner.logs.read(org, &job_id, offset, len)?;
             Ok(LogSlice {
-                data: out.freeze(),
+                data,
                 total,
-                ended,
+                ended: head.state.is_terminal(),
             })
         })
         .await
@@ -1002,7 +1125,7 @@ impl Store for SqliteStore {
         self.write("update step", move |tx| {
             let head = job_head(tx, org, &job_id)?;
             if head.state == JobState::Queued {
-                return Err(queued_error(&job_id));
+                return Err(queued_error(&job_id).into());
             }
             let (class, message) = match &step.failure {
                 Some(f) => (Some(f.class.as_str()), Some(f.message.as_str())),
@@ -1053,7 +1176,7 @@ impl Store for SqliteStore {
         self.write("complete job", move |tx| {
             let head = job_head(tx, org, &job_id)?;
             if head.state == JobState::Queued {
-                return Err(queued_error(&job_id));
+                return Err(queued_error(&job_id).into());
             }
             if head.lease_id.as_deref() != Some(request.lease_id.as_str()) {
                 return Err(StoreError::LeaseMismatch {
@@ -1294,5 +1417,448 @@ impl Store for SqliteStore {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
+    }
+
+    async fn delete_finished_jobs(
+        &self,
+        ended_before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "delete finished jobs";
+        self.blocking(OP, move |inner| {
+            let before = ended_before.unix_millis();
+            let due: Vec<(i64, OrgId, String)> = inner.read(OP, |tx| {
+                let mut stmt = tx.prepare(
+                    "SELECT seq, org_id, id FROM jobs
+                     WHERE finished_at IS NOT NULL AND finished_at < ?1
+                       AND state NOT IN ('queued', 'assigned', 'running')
+                     ORDER BY finished_at LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![before, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })?;
+            let mut deleted = 0;
+            for (seq, org, job_id) in due {
+                // Under the job's lock, so a late append cannot recreate the file after it is
+                // removed. The rows go first: a crash before the file is removed leaves an
+                // orphan file (removed by `remove_orphan_logs`), never a job without its log.
+                let lock = inner.logs.lock(org, &job_id);
+                let gone = inner.write(OP, |tx| {
+                    let still_due = tx
+                        .query_row(
+                            "SELECT 1 FROM jobs WHERE seq = ?1 AND finished_at < ?2
+                               AND state NOT IN ('queued', 'assigned', 'running')",
+                            params![seq, before],
+                            |_| Ok(()),
+                        )
+                        .optional()?
+                        .is_some();
+                    if still_due {
+                        tx.execute("DELETE FROM job_steps WHERE job_seq = ?1", [seq])?;
+                        tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
+                    }
+                    Ok(still_due)
+                })?;
+                if gone {
+                    lock.remove()?;
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn remove_orphan_logs(&self) -> Result<u64, StoreError> {
+        const OP: &str = "remove orphan logs";
+        self.blocking(OP, move |inner| {
+            let files = inner.logs.list()?;
+            let mut removed = 0;
+            for batch in files.chunks(ORPHAN_BATCH) {
+                let orphans: Vec<&(OrgId, String)> = inner.read(OP, |tx| {
+                    let mut stmt =
+                        tx.prepare_cached("SELECT 1 FROM jobs WHERE org_id = ?1 AND id = ?2")?;
+                    let mut orphans = Vec::new();
+                    for file in batch {
+                        if !stmt.exists(params![file.0, file.1])? {
+                            orphans.push(file);
+                        }
+                    }
+                    Ok(orphans)
+                })?;
+                for (org, job_id) in orphans {
+                    // A job that is gone does not come back (ids are never reused), and its
+                    // file is only ever created for an existing job: no recheck needed. The
+                    // lock keeps this apart from a retention delete of the same job.
+                    if inner.logs.lock(*org, job_id).remove()? {
+                        tracing::info!(org, job = %job_id, "removed the log file of a deleted job");
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use outpost_protocol::JobResult;
+
+    use super::*;
+
+    const PIPELINE: &str = "version: 1\nsteps:\n  - name: a\n    run: true\n";
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_unix_millis(ms)
+    }
+
+    async fn open(dir: &Path) -> SqliteStore {
+        let path = dir.join("hub.db");
+        tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .expect("open task")
+            .expect("open")
+    }
+
+    async fn org(store: &SqliteStore) -> Org {
+        store
+            .create_org("acme".into(), [7; 32], at(0))
+            .await
+            .expect("org")
+    }
+
+    /// Submits and claims a job; returns its lease id.
+    async fn running_job(store: &SqliteStore, org: OrgId, job_id: &str) -> String {
+        store
+            .submit_job(
+                org,
+                NewJob {
+                    job_id: job_id.to_owned(),
+                    spec: JobSpec::Inline {
+                        pipeline: PIPELINE.to_owned(),
+                    },
+                    labels: Vec::new(),
+                    variables: BTreeMap::new(),
+                    now: at(1),
+                },
+            )
+            .await
+            .expect("submit");
+        let lease_id = format!("l_{job_id}");
+        let claimed = store
+            .claim_job(
+                org,
+                RunnerRecord {
+                    runner_id: "r_1".into(),
+                    labels: Vec::new(),
+                },
+                NewLease {
+                    lease_id: lease_id.clone(),
+                    now: at(2),
+                    expires_at: at(i64::MAX / 2),
+                },
+            )
+            .await
+            .expect("claim")
+            .expect("a queued job");
+        assert_eq!(claimed.assignment.job_id.as_str(), job_id);
+        lease_id
+    }
+
+    async fn append(store: &SqliteStore, org: OrgId, job: &str, offset: u64, data: &[u8]) -> u64 {
+        store
+            .append_log(
+                org,
+                job.to_owned(),
+                offset,
+                Bytes::copy_from_slice(data),
+                at(3),
+            )
+            .await
+            .expect("append")
+            .committed
+    }
+
+    async fn log(store: &SqliteStore, org: OrgId, job: &str, offset: u64, max: usize) -> Vec<u8> {
+        store
+            .read_log(org, job.to_owned(), offset, max)
+            .await
+            .expect("read")
+            .data
+            .to_vec()
+    }
+
+    async fn complete(store: &SqliteStore, org: OrgId, job: &str, lease: &str, len: u64, ms: i64) {
+        let request = CompleteRequest {
+            lease_id: lease.into(),
+            result: JobResult::Success,
+            failure: None,
+            log_bytes: len,
+        };
+        store
+            .complete_job(org, job.to_owned(), request, at(ms))
+            .await
+            .expect("complete");
+    }
+
+    #[tokio::test]
+    async fn log_bytes_live_in_the_job_file_and_reads_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let org = org(&store).await;
+        running_job(&store, org.id, "j_a").await;
+        assert_eq!(append(&store, org.id, "j_a", 0, b"hello ").await, 6);
+        assert_eq!(append(&store, org.id, "j_a", 3, b"lo world").await, 11);
+        let file = dir
+            .path()
+            .join("hub.db.logs")
+            .join(org.id.to_string())
+            .join("j_a.log");
+        assert_eq!(store.logs_dir(), dir.path().join("hub.db.logs"));
+        assert_eq!(std::fs::read(&file).expect("log file"), b"hello world");
+        assert_eq!(log(&store, org.id, "j_a", 0, 1024).await, b"hello world");
+        assert_eq!(log(&store, org.id, "j_a", 2, 4).await, b"llo ");
+        assert_eq!(log(&store, org.id, "j_a", 11, 4).await, b"");
+        // Job ids from a request never reach the file system unless the job exists.
+        let err = store
+            .append_log(org.id, "../../x".into(), 0, Bytes::from_static(b"x"), at(3))
+            .await
+            .expect_err("no such job");
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_and_replays_keep_every_log_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let org = org(&store).await;
+        let jobs: Vec<String> = (0..6).map(|i| format!("j_{i}")).collect();
+        for job in &jobs {
+            running_job(&store, org.id, job).await;
+        }
+        let line = |job: &str, i: usize| format!("{job} line {i:04}\n").into_bytes();
+        // Two writers per job send the same lines at the same offsets (a runner and its retry),
+        // racing each other and the other jobs' writers.
+        let mut tasks = Vec::new();
+        for job in &jobs {
+            for _ in 0..2 {
+                let (store, job) = (store.clone(), job.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut offset = 0;
+                    for i in 0..100 {
+                        let bytes = line(&job, i);
+                        let answer = store
+                            .append_log(org.id, job.clone(), offset, bytes.clone().into(), at(3))
+                            .await
+                            .expect("append");
+                        offset += bytes.len() as u64;
+                        assert!(answer.committed >= offset, "{answer:?}");
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        for job in &jobs {
+            let expected: Vec<u8> = (0..100).flat_map(|i| line(job, i)).collect();
+            assert_eq!(
+                log(&store, org.id, job, 0, 1 << 20).await,
+                expected,
+                "{job}"
+            );
+            let details = store.job_details(org.id, job.clone()).await.expect("job");
+            assert_eq!(details.log_bytes, expected.len() as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_never_served_and_the_next_append_cuts_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let org = org(&store).await;
+        let lease = running_job(&store, org.id, "j_t").await;
+        append(&store, org.id, "j_t", 0, b"committed\n").await;
+        let file = store.inner.logs.path(org.id, "j_t").expect("path");
+        drop(store);
+        // What a crash between an append's write and its commit leaves behind.
+        let mut torn = std::fs::read(&file).expect("read");
+        torn.extend_from_slice(b"never acknowledged, and longer than what follows\n");
+        std::fs::write(&file, &torn).expect("tear");
+
+        let store = open(dir.path()).await;
+        assert_eq!(log(&store, org.id, "j_t", 0, 1 << 20).await, b"committed\n");
+        let gap = store
+            .append_log(org.id, "j_t".into(), 20, Bytes::from_static(b"x"), at(3))
+            .await
+            .expect_err("the torn tail is not counted");
+        assert!(
+            matches!(gap, StoreError::LogGap { committed: 10, .. }),
+            "{gap:?}"
+        );
+        assert_eq!(append(&store, org.id, "j_t", 10, b"next\n").await, 15);
+        assert_eq!(std::fs::read(&file).expect("read"), b"committed\nnext\n");
+        complete(&store, org.id, "j_t", &lease, 15, 10).await;
+        assert_eq!(
+            log(&store, org.id, "j_t", 0, 1 << 20).await,
+            b"committed\nnext\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_only_jobs_that_ended_before_the_cutoff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let org = org(&store).await;
+        let mut files = Vec::new();
+        for (job, ended) in [
+            ("j_old", Some(1_000)),
+            ("j_new", Some(5_000)),
+            ("j_live", None),
+        ] {
+            let lease = running_job(&store, org.id, job).await;
+            append(&store, org.id, job, 0, job.as_bytes()).await;
+            let step = StepUpdate {
+                index: 0,
+                name: "a".into(),
+                state: StepState::Success,
+                exit_code: Some(0),
+                started_at: None,
+                finished_at: None,
+                failure: None,
+                log_offset: Some(0),
+            };
+            store
+                .upsert_step(org.id, job.to_owned(), step, at(3))
+                .await
+                .expect("step");
+            if let Some(ms) = ended {
+                complete(&store, org.id, job, &lease, job.len() as u64, ms).await;
+            }
+            files.push(store.inner.logs.path(org.id, job).expect("path"));
+        }
+        assert!(files.iter().all(|f| f.is_file()));
+
+        assert_eq!(
+            store
+                .delete_finished_jobs(at(3_000), 10)
+                .await
+                .expect("sweep"),
+            1
+        );
+        let gone = store.job_details(org.id, "j_old".into()).await;
+        assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
+        assert!(
+            !files[0].exists(),
+            "the deleted job's log file is still there"
+        );
+        for (job, file) in [("j_new", &files[1]), ("j_live", &files[2])] {
+            let kept = store.job_details(org.id, job.into()).await.expect("kept");
+            assert_eq!(kept.steps.len(), 1);
+            assert_eq!(log(&store, org.id, job, 0, 64).await, job.as_bytes());
+            assert!(file.is_file());
+        }
+        // A cutoff after every end: the live job still stays; the limit is honoured.
+        assert_eq!(
+            store
+                .delete_finished_jobs(at(i64::MAX), 0)
+                .await
+                .expect("sweep"),
+            0
+        );
+        assert_eq!(
+            store
+                .delete_finished_jobs(at(i64::MAX), 10)
+                .await
+                .expect("sweep"),
+            1
+        );
+        assert!(!files[1].exists());
+        assert!(store.job_details(org.id, "j_live".into()).await.is_ok());
+        assert!(files[2].is_file());
+    }
+
+    #[tokio::test]
+    async fn orphaned_log_files_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let org = org(&store).await;
+        running_job(&store, org.id, "j_kept").await;
+        append(&store, org.id, "j_kept", 0, b"kept").await;
+        // What a crash between a retention delete and the file's removal leaves.
+        let orphan = store.inner.logs.path(org.id, "j_deleted").expect("path");
+        std::fs::write(&orphan, b"old").expect("write");
+        let other_org = store.inner.logs.path(org.id + 1, "j_kept").expect("path");
+        std::fs::create_dir_all(other_org.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&other_org, b"same id, other org").expect("write");
+        assert_eq!(store.remove_orphan_logs().await.expect("sweep"), 2);
+        assert!(!orphan.exists() && !other_org.exists());
+        assert_eq!(log(&store, org.id, "j_kept", 0, 64).await, b"kept");
+        assert_eq!(store.remove_orphan_logs().await.expect("sweep"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_has_its_log_chunks_moved_into_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.db");
+        // A database as the version 1 store left it: chunks keyed by start offset, one job
+        // with a log, one without.
+        let expected: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        {
+            let conn = Connection::open(&path).expect("create v1");
+            conn.execute_batch(SCHEMA_V1).expect("schema v1");
+            conn.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO orgs (id, name, api_key_hash, created_at) VALUES (1, 'acme', x'01', 0);
+                 INSERT INTO jobs (id, org_id, state, pipeline, labels, variables, log_bytes,
+                                   created_at, enqueued_at, finished_at)
+                 VALUES ('j_logged', 1, 'success', 'x', '[]', '{}', 200000, 0, 0, 5),
+                        ('j_quiet', 1, 'queued', 'x', '[]', '{}', 0, 0, 0, NULL);",
+            )
+            .expect("rows");
+            let mut start = 0;
+            for len in [65_536usize, 10, 100_000, 34_454] {
+                conn.execute(
+                    "INSERT INTO log_chunks (job_seq, start, data) VALUES (1, ?1, ?2)",
+                    params![start as i64, &expected[start..start + len]],
+                )
+                .expect("chunk");
+                start += len;
+            }
+            assert_eq!(start, expected.len());
+        }
+        let store = open(dir.path()).await;
+        assert_eq!(log(&store, 1, "j_logged", 0, 1 << 20).await, expected);
+        assert_eq!(
+            log(&store, 1, "j_logged", 65_540, 7).await,
+            &expected[65_540..65_547]
+        );
+        assert_eq!(log(&store, 1, "j_quiet", 0, 64).await, b"");
+        let file = store.inner.logs.path(1, "j_logged").expect("path");
+        assert_eq!(std::fs::read(&file).expect("file"), expected);
+        drop(store);
+        let conn = Connection::open(&path).expect("reopen");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'log_chunks'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tables");
+        assert_eq!(tables, 0, "the chunk table is dropped once moved");
+        drop(conn);
+        // Opening again is a no-op on the files.
+        let store = open(dir.path()).await;
+        assert_eq!(log(&store, 1, "j_logged", 0, 1 << 20).await, expected);
     }
 }
