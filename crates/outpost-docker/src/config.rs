@@ -95,8 +95,8 @@ fn humantime_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Er
 
 /// Configuration of the Docker backend (`[executor]` in runner-docker's config file).
 ///
-/// The runner id is not configured here: it comes with every `PreparedJob` (and through
-/// [`DockerExecutor::set_runner_id`](crate::DockerExecutor::set_runner_id) for sweeps).
+/// The runner id is not configured here: it comes with every `PreparedJob`, and with every call
+/// of `running_jobs` and `sweep`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DockerConfig {

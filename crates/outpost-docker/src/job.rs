@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
@@ -20,14 +20,15 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use outpost_executor::{
     CancellationToken, EventSender, ExecEvent, ExecutorError, JobOutcome, OutputStream,
-    PreparedJob, Resume, ServiceSpec, StepDecision, StepOutcome, StepPlan, StepSpec, humanize,
-    job_outcome,
+    PreparedJob, Resume, ServiceSpec, StepDriver, StepEnd, StepOutcome, StepRunner, StepSpec,
 };
-use outpost_protocol::{Failure, FailureClass, JobResult, StepState};
+use outpost_protocol::{Failure, FailureClass};
+use tokio::time::Instant;
 
 use crate::auth::{self, ImageRef};
 use crate::config::{PullPolicy, ResourceRequest, Resources};
 use crate::names::{JobNames, Kind, job_labels, labels, runner_filter};
+use crate::timing::Timings;
 use crate::util::{engine_message, parse_rfc3339, status_of, unix_now};
 use crate::{Shared, workspace};
 
@@ -39,21 +40,6 @@ enum Interrupt {
     Cancelled,
     StepTimeout(Duration),
     JobTimeout(Duration),
-}
-
-/// How a step ended, and whether it ended the whole job by running out of job time.
-struct StepEnd {
-    outcome: StepOutcome,
-    job_timed_out: bool,
-}
-
-impl StepEnd {
-    fn of(outcome: StepOutcome) -> Self {
-        Self {
-            outcome,
-            job_timed_out: false,
-        }
-    }
 }
 
 /// One run of one job. Dropping it (or the future of [`JobRun::run`]) leaves every container
@@ -73,6 +59,7 @@ pub(crate) struct JobRun<'a> {
     workspace_ready: bool,
     services_tried: bool,
     pulled: HashSet<String>,
+    timings: Timings,
 }
 
 impl<'a> JobRun<'a> {
@@ -82,7 +69,7 @@ impl<'a> JobRun<'a> {
         events: &'a EventSender,
         cancel: &'a CancellationToken,
     ) -> Self {
-        let names = JobNames::new(&shared.config, &job.job_id);
+        let names = JobNames::new(&shared.config, job.job_id.as_str());
         let caches = job
             .caches
             .iter()
@@ -101,6 +88,7 @@ impl<'a> JobRun<'a> {
             workspace_ready: false,
             services_tried: false,
             pulled: HashSet::new(),
+            timings: Timings::default(),
         }
     }
 
@@ -122,23 +110,27 @@ impl<'a> JobRun<'a> {
             })
     }
 
-    async fn finish(&self, index: u32, outcome: &StepOutcome) -> Result<(), ExecutorError> {
-        self.send(ExecEvent::StepFinished {
-            index,
-            at: SystemTime::now(),
-            outcome: outcome.clone(),
-        })
-        .await
+    /// Sends a step's output, counting the time spent waiting for the runner to take it.
+    async fn deliver(&mut self, event: ExecEvent) -> Result<(), ExecutorError> {
+        let t = Instant::now();
+        let sent = self.send(event).await;
+        self.timings.delivery += t.elapsed();
+        sent
     }
 
     fn labels(&self, kind: Kind) -> HashMap<String, String> {
-        job_labels(&self.job.runner_id, &self.job.job_id, self.expires_at, kind)
+        job_labels(
+            self.job.runner_id.as_str(),
+            self.job.job_id.as_str(),
+            self.expires_at,
+            kind,
+        )
     }
 
     fn job_filter(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
         let mut extra = extra.to_vec();
-        extra.push((labels::JOB_ID, &self.job.job_id));
-        runner_filter(&self.job.runner_id, &extra)
+        extra.push((labels::JOB_ID, self.job.job_id.as_str()));
+        runner_filter(self.job.runner_id.as_str(), &extra)
     }
 
     /// Runs the job (or takes it over at `resume`) and returns its outcome.
@@ -146,62 +138,20 @@ impl<'a> JobRun<'a> {
         &mut self,
         resume: Option<Resume>,
     ) -> Result<JobOutcome, ExecutorError> {
+        let started = Instant::now();
         self.setup(resume.is_some()).await?;
-        let mut plan = StepPlan::new();
-        let mut outcomes = Vec::with_capacity(self.job.steps.len());
-        let mut job_timeout: Option<Failure> = None;
-        let mut cancelled = false;
-        let job = self.job;
-        for step in &job.steps {
-            if let Some(r) = resume
-                && step.index < r.step_index
-            {
-                // Reported by the previous runner process; only needed for the `when` rules.
-                let outcome = self.reconstruct(step, &plan).await?;
-                plan.record(&outcome);
-                outcomes.push(outcome);
-                continue;
-            }
-            cancelled |= self.cancel.is_cancelled();
-            if job_timeout.is_none()
-                && self.job_deadline.is_some_and(|d| Instant::now() >= d)
-                && let Some(t) = job.timeout
-            {
-                job_timeout = Some(job_timeout_failure(t));
-                plan.record_job_timeout();
-            }
-            if cancelled || plan.decide(step.when) == StepDecision::Skip {
-                let outcome = StepOutcome::skipped();
-                self.finish(step.index, &outcome).await?;
-                outcomes.push(outcome);
-                continue;
-            }
-            let end = match resume {
-                Some(r) if r.step_index == step.index => {
-                    self.resume_step(step, r.output_bytes).await?
-                }
-                _ => self.run_step(step).await?,
-            };
-            if end.job_timed_out
-                && let Some(t) = job.timeout
-            {
-                job_timeout = Some(job_timeout_failure(t));
-                plan.record_job_timeout();
-            }
-            plan.record(&end.outcome);
-            outcomes.push(end.outcome);
-        }
-        let mut outcome = job_outcome(&outcomes, job_timeout);
-        if cancelled && outcome.result != JobResult::Cancelled {
-            outcome = JobOutcome {
-                result: JobResult::Cancelled,
-                failure: Some(Failure::new(
-                    FailureClass::Cancelled,
-                    "the job was cancelled",
-                )),
-            };
-        }
-        Ok(outcome)
+        self.timings.setup = started.elapsed();
+        let (job, events, cancel) = (self.job, self.events, self.cancel);
+        let driver = StepDriver {
+            job,
+            events,
+            cancel,
+            job_deadline: self.job_deadline,
+            resume,
+        };
+        let outcome = driver.drive(self).await;
+        self.timings.log(&job.job_id, started.elapsed());
+        outcome
     }
 
     /// The network, the workspace volume and the cache volumes. A fresh run first removes what a
@@ -214,6 +164,7 @@ impl<'a> JobRun<'a> {
             self.expires_at = now + t.as_secs();
             self.job_deadline = Some(Instant::now() + t);
         }
+        let t = Instant::now();
         let existing = docker
             .list_networks(Some(ListNetworksOptions {
                 filters: Some(self.job_filter(&[(labels::KIND, Kind::Network.as_str())])),
@@ -239,8 +190,16 @@ impl<'a> JobRun<'a> {
             // The previous process started the services before its first step container.
             self.services_tried = true;
         } else {
-            crate::remove_job_resources(docker, &self.job.runner_id, &self.job.job_id, true).await;
+            crate::cleanup::remove_job_resources(
+                docker,
+                self.job.runner_id.as_str(),
+                self.job.job_id.as_str(),
+                true,
+            )
+            .await;
         }
+        self.timings.reset = t.elapsed();
+        let t = Instant::now();
         if !resuming || existing.is_empty() {
             let created = docker
                 .create_network(NetworkCreateRequest {
@@ -255,6 +214,8 @@ impl<'a> JobRun<'a> {
                 })?;
             self.network = created.id;
         }
+        self.timings.network = t.elapsed();
+        let t = Instant::now();
         docker
             .create_volume(VolumeCreateRequest {
                 name: Some(self.names.workspace.clone()),
@@ -286,12 +247,17 @@ impl<'a> JobRun<'a> {
         }
         let volumes: Vec<String> = self.caches.iter().map(|(v, _)| v.clone()).collect();
         self.shared.cache_index.touch(&volumes, now).await;
+        self.timings.volumes = t.elapsed();
         Ok(())
     }
 
     /// Runs one step in a new container: image, workspace and services first (failures there are
     /// the step's), then create, attach, start, stream, wait.
-    async fn run_step(&mut self, step: &StepSpec) -> Result<StepEnd, ExecutorError> {
+    async fn fresh_step(
+        &mut self,
+        step: &StepSpec,
+        job_deadline: Option<Instant>,
+    ) -> Result<StepEnd, ExecutorError> {
         let started = Instant::now();
         self.send(ExecEvent::StepStarted {
             index: step.index,
@@ -299,7 +265,6 @@ impl<'a> JobRun<'a> {
         })
         .await?;
         let step_deadline = step.timeout.map(|t| started + t);
-        let job_deadline = self.job_deadline;
         let job_timeout = self.job.timeout.unwrap_or_default();
         let cancel = self.cancel.clone();
         let prepared = tokio::select! {
@@ -318,7 +283,6 @@ impl<'a> JobRun<'a> {
             Ok(Err(failure)) => StepEnd::of(StepOutcome::failed(failure, None)),
             Err(interrupt) => self.interrupted(step, interrupt),
         };
-        self.finish(step.index, &end.outcome).await?;
         Ok(end)
     }
 
@@ -342,6 +306,7 @@ impl<'a> JobRun<'a> {
             return Ok(Err(f));
         }
         if !self.workspace_ready {
+            let t = Instant::now();
             let helper = self
                 .shared
                 .config
@@ -352,14 +317,17 @@ impl<'a> JobRun<'a> {
                 return Ok(Err(f));
             }
             self.copy_workspace(&helper).await?;
+            self.timings.workspace_copy += t.elapsed();
         }
         if !self.services_tried {
             self.services_tried = true;
+            let t = Instant::now();
             for service in &job.services {
                 if let Err(f) = self.start_service(service).await? {
                     return Ok(Err(f));
                 }
             }
+            self.timings.services += t.elapsed();
         }
         let resources = match self
             .shared
@@ -395,12 +363,16 @@ impl<'a> JobRun<'a> {
             host_config: Some(self.host_config(mounts, resources)),
             ..Default::default()
         };
-        if let Err(message) = self.create_container(&name, body).await? {
+        let t = Instant::now();
+        let created = self.create_container(&name, body).await?;
+        self.timings.create += t.elapsed();
+        if let Err(message) = created {
             return Ok(Err(Failure::new(
                 FailureClass::Config,
                 format!("step `{}` cannot be created: {message}", step.name),
             )));
         }
+        let t = Instant::now();
         let attached = self
             .shared
             .docker
@@ -415,7 +387,11 @@ impl<'a> JobRun<'a> {
             )
             .await
             .map_err(|e| self.engine_err(format!("attach to {name}"), &e))?;
-        if let Err(e) = self.shared.docker.start_container(&name, None).await {
+        self.timings.attach += t.elapsed();
+        let t = Instant::now();
+        let start = self.shared.docker.start_container(&name, None).await;
+        self.timings.start += t.elapsed();
+        if let Err(e) = start {
             return match status_of(&e) {
                 // The engine refused the container's command or config: the pipeline's fault.
                 Some(400..=499) | Some(500) => Ok(Err(Failure::new(
@@ -474,6 +450,13 @@ impl<'a> JobRun<'a> {
 
     /// Makes `image` available per the pull policy; a failure is the step's `image_pull`.
     async fn ensure_image(&mut self, image: &str) -> Result<(), Failure> {
+        let t = Instant::now();
+        let ensured = self.ensure_image_untimed(image).await;
+        self.timings.image += t.elapsed();
+        ensured
+    }
+
+    async fn ensure_image_untimed(&mut self, image: &str) -> Result<(), Failure> {
         if self.pulled.contains(image) {
             return Ok(());
         }
@@ -687,6 +670,7 @@ impl<'a> JobRun<'a> {
         let step_sleep = sleep_until(step_deadline);
         let job_sleep = sleep_until(job_deadline);
         tokio::pin!(step_sleep, job_sleep);
+        let streaming = Instant::now();
         loop {
             let mut fire = None;
             tokio::select! {
@@ -707,7 +691,7 @@ impl<'a> JobRun<'a> {
                         }
                         let data: Bytes = data.slice(usize::try_from(skip).unwrap_or(0)..);
                         skip = 0;
-                        self.send(ExecEvent::Output { index: step.index, stream, data }).await?;
+                        self.deliver(ExecEvent::Output { index: step.index, stream, data }).await?;
                     }
                     Some(Err(e)) if !fell_back => {
                         // The attach stream broke (e.g. the engine restarted): the log driver
@@ -757,6 +741,7 @@ impl<'a> JobRun<'a> {
         if let Some(stop) = stopping.take() {
             stop.await;
         }
+        self.timings.output += streaming.elapsed();
         if from_logs {
             // A followed log stream can end before the container's last output (seen on engine
             // 20.10 with json-file: a follow that is still reading the existing log when the
@@ -767,7 +752,10 @@ impl<'a> JobRun<'a> {
         if let Some(i) = interrupt {
             return Ok(self.interrupted(step, i));
         }
-        self.exit_outcome(step, &name).await
+        let t = Instant::now();
+        let end = self.exit_outcome(step, &name).await;
+        self.timings.exit += t.elapsed();
+        end
     }
 
     /// Waits for the step's container to stop, then sends its logged output after the first
@@ -818,7 +806,7 @@ impl<'a> JobRun<'a> {
             }
             let data: Bytes = data.slice(usize::try_from(skip).unwrap_or(0)..);
             skip = 0;
-            self.send(ExecEvent::Output {
+            self.deliver(ExecEvent::Output {
                 index: step.index,
                 stream,
                 data,
@@ -832,21 +820,7 @@ impl<'a> JobRun<'a> {
         match interrupt {
             Interrupt::Cancelled => StepEnd::of(StepOutcome::cancelled(&step.name)),
             Interrupt::StepTimeout(after) => StepEnd::of(StepOutcome::timed_out(&step.name, after)),
-            Interrupt::JobTimeout(after) => StepEnd {
-                outcome: StepOutcome {
-                    state: StepState::TimedOut,
-                    exit_code: None,
-                    failure: Some(Failure::new(
-                        FailureClass::Timeout,
-                        format!(
-                            "the job timed out after {} during step `{}`",
-                            humanize(after),
-                            step.name
-                        ),
-                    )),
-                },
-                job_timed_out: true,
-            },
+            Interrupt::JobTimeout(after) => StepEnd::job_timeout(step, after, None),
         }
     }
 
@@ -886,20 +860,17 @@ impl<'a> JobRun<'a> {
 
     /// Takes over the step that a previous runner process was running: replays its logs from the
     /// start, skipping the `output_bytes` that process already consumed.
-    async fn resume_step(
+    async fn take_over(
         &mut self,
         step: &StepSpec,
         output_bytes: u64,
+        job_deadline: Option<Instant>,
     ) -> Result<StepEnd, ExecutorError> {
         let name = self.names.step(step.index);
         let docker = self.shared.docker.clone();
         let inspected = match docker.inspect_container(&name, None).await {
             Ok(i) => i,
-            Err(e) if status_of(&e) == Some(404) => {
-                let outcome = gone(step);
-                self.finish(step.index, &outcome).await?;
-                return Ok(StepEnd::of(outcome));
-            }
+            Err(e) if status_of(&e) == Some(404) => return Ok(StepEnd::of(gone(step))),
             Err(e) => return Err(self.engine_err(format!("inspect {name}"), &e)),
         };
         let state = inspected.state.unwrap_or_default();
@@ -942,33 +913,23 @@ impl<'a> JobRun<'a> {
                 .unwrap_or_default();
             Instant::now() + t.saturating_sub(elapsed)
         });
-        let job_deadline = self.job_deadline.filter(|_| running);
+        let job_deadline = job_deadline.filter(|_| running);
         let from_logs = state.status != Some(ContainerStateStatusEnum::CREATED);
-        let end = self
-            .drive(
-                step,
-                frames,
-                from_logs,
-                output_bytes,
-                step_deadline,
-                job_deadline,
-            )
-            .await?;
-        self.finish(step.index, &end.outcome).await?;
-        Ok(end)
+        self.drive(
+            step,
+            frames,
+            from_logs,
+            output_bytes,
+            step_deadline,
+            job_deadline,
+        )
+        .await
     }
 
     /// The outcome of a step before the resumed one, for the `when` rules: from its exited
     /// container, or (no container although the rules ran it) a failure before its container
     /// existed, whose class is no longer known.
-    async fn reconstruct(
-        &self,
-        step: &StepSpec,
-        plan: &StepPlan,
-    ) -> Result<StepOutcome, ExecutorError> {
-        if plan.decide(step.when) == StepDecision::Skip {
-            return Ok(StepOutcome::skipped());
-        }
+    async fn recall(&self, step: &StepSpec) -> Result<StepOutcome, ExecutorError> {
         let name = self.names.step(step.index);
         match self.shared.docker.inspect_container(&name, None).await {
             Ok(i) => {
@@ -996,11 +957,28 @@ impl<'a> JobRun<'a> {
     }
 }
 
-fn job_timeout_failure(after: Duration) -> Failure {
-    Failure::new(
-        FailureClass::Timeout,
-        format!("the job timed out after {}", humanize(after)),
-    )
+impl StepRunner for JobRun<'_> {
+    async fn run_step(
+        &mut self,
+        step: &StepSpec,
+        job_deadline: Option<Instant>,
+    ) -> Result<StepEnd, ExecutorError> {
+        self.fresh_step(step, job_deadline).await
+    }
+
+    async fn resume_step(
+        &mut self,
+        step: &StepSpec,
+        resume: Resume,
+        job_deadline: Option<Instant>,
+    ) -> Result<StepEnd, ExecutorError> {
+        self.take_over(step, resume.output_bytes, job_deadline)
+            .await
+    }
+
+    async fn earlier_outcome(&mut self, step: &StepSpec) -> Result<StepOutcome, ExecutorError> {
+        self.recall(step).await
+    }
 }
 
 fn gone(step: &StepSpec) -> StepOutcome {
@@ -1048,7 +1026,7 @@ fn volume_mount(volume: &str, target: &str) -> Mount {
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
@@ -1141,6 +1119,8 @@ pub(crate) async fn list_volumes(
 
 #[cfg(test)]
 mod tests {
+    use outpost_protocol::StepState;
+
     use super::*;
 
     fn step() -> StepSpec {

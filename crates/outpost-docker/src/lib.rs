@@ -62,30 +62,33 @@
 
 mod auth;
 mod caches;
+mod cleanup;
 mod config;
 mod error;
 mod job;
 mod names;
+mod timing;
 mod util;
 mod workspace;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use outpost_executor::{
-    CancellationToken, EventSender, Executor, ExecutorError, JobOutcome, PreparedJob, Resume,
-    SweepReport,
+    CancellationToken, EventSender, Executor, ExecutorError, JobId, JobOutcome, LiveJobs,
+    PreparedJob, Resume, RunnerId, SweepReport,
 };
-use tokio_util::task::TaskTracker;
 
 pub use crate::config::{ByteSize, DockerConfig, PullPolicy, ResourceRequest, Resources};
 pub use crate::error::DockerError;
 pub use crate::names::{Kind, labels};
+pub use crate::timing::{CLEANUP_EVENT, RUN_EVENT, TARGET as TIMING_TARGET};
 
 use crate::caches::CacheIndex;
+use crate::cleanup::{Cleanups, remove_job_resources};
 use crate::job::{JobRun, force_remove, list_containers, list_volumes};
 use crate::names::runner_filter;
 use crate::util::{engine_message, parse_rfc3339, status_of, unix_now};
@@ -101,13 +104,8 @@ pub(crate) struct Shared {
 /// The Docker backend.
 pub struct DockerExecutor {
     shared: Arc<Shared>,
-    /// This runner's id at the hub, for `running_jobs` and `sweep`; learned from the first job
-    /// or set by [`DockerExecutor::set_runner_id`].
-    runner_id: Mutex<Option<String>>,
-    /// Jobs whose `run` is in progress in this process: a sweep never touches them.
-    active: Arc<Mutex<HashSet<String>>>,
-    /// Owner of the cleanup tasks.
-    cleanups: TaskTracker,
+    /// The cleanups of finished jobs, still removing their resources.
+    cleanups: Cleanups,
 }
 
 impl std::fmt::Debug for DockerExecutor {
@@ -123,10 +121,9 @@ fn docker_host() -> String {
 }
 
 fn unreachable(message: String) -> ExecutorError {
-    ExecutorError::Engine {
+    ExecutorError::Backend {
         backend: "docker",
         action: "connect".to_owned(),
-        job_id: "(none)".to_owned(),
         message,
     }
 }
@@ -135,12 +132,10 @@ impl DockerExecutor {
     /// Connects to the engine named by `DOCKER_HOST` (default `unix:///var/run/docker.sock`) and
     /// settles on the API version both sides speak (the engine may be older than bollard).
     pub async fn connect(config: DockerConfig) -> Result<Self, ExecutorError> {
-        let invalid = |e: DockerError| ExecutorError::Invalid {
+        config.validate().map_err(|e| ExecutorError::Config {
             backend: "docker",
-            job_id: "(none)".to_owned(),
             message: e.to_string(),
-        };
-        config.validate().map_err(invalid)?;
+        })?;
         let host = docker_host();
         let hint = "set DOCKER_HOST (e.g. unix:///var/run/docker.sock or tcp://host:2375), or \
                     check that the engine runs and that this user may open its socket";
@@ -155,7 +150,11 @@ impl DockerExecutor {
         })?;
         let cache_index = CacheIndex::load(config.state_dir.clone())
             .await
-            .map_err(invalid)?;
+            .map_err(|e| ExecutorError::Backend {
+                backend: "docker",
+                action: "load the cache index".to_owned(),
+                message: e.to_string(),
+            })?;
         let docker_config_path = config
             .docker_config_path
             .clone()
@@ -167,16 +166,8 @@ impl DockerExecutor {
                 cache_index,
                 docker_config_path,
             }),
-            runner_id: Mutex::new(None),
-            active: Arc::default(),
-            cleanups: TaskTracker::new(),
+            cleanups: Cleanups::default(),
         })
-    }
-
-    /// Sets this runner's id (from registration at the hub), so that `running_jobs` and `sweep`
-    /// work before the first job arrives. Each job's own `runner_id` is what labels its resources.
-    pub fn set_runner_id(&self, runner_id: impl Into<String>) {
-        *lock(&self.runner_id) = Some(runner_id.into());
     }
 
     /// The engine client (for tests and diagnostics).
@@ -188,39 +179,10 @@ impl DockerExecutor {
         &self.shared.config
     }
 
-    /// Waits until every cleanup started so far has finished.
+    /// Waits until every cleanup started so far has finished: then nothing of a job whose run
+    /// returned is left on the engine (but its caches).
     pub async fn wait_for_cleanups(&self) {
-        self.cleanups.close();
-        self.cleanups.wait().await;
-        self.cleanups.reopen();
-    }
-
-    fn known_runner_id(&self) -> Result<String, ExecutorError> {
-        lock(&self.runner_id)
-            .clone()
-            .ok_or_else(|| ExecutorError::Invalid {
-                backend: "docker",
-                job_id: "(none)".to_owned(),
-                message: "the runner id is not known yet: call DockerExecutor::set_runner_id \
-                          after registering"
-                    .to_owned(),
-            })
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Marks a job active for the duration of its `run`.
-struct ActiveGuard {
-    active: Arc<Mutex<HashSet<String>>>,
-    job_id: String,
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        lock(&self.active).remove(&self.job_id);
+        self.cleanups.wait_all().await;
     }
 }
 
@@ -230,10 +192,6 @@ impl Executor for DockerExecutor {
         "docker"
     }
 
-    fn set_runner_id(&self, runner_id: &str) {
-        DockerExecutor::set_runner_id(self, runner_id);
-    }
-
     async fn run(
         &self,
         job: PreparedJob,
@@ -241,19 +199,16 @@ impl Executor for DockerExecutor {
         events: EventSender,
         cancel: CancellationToken,
     ) -> Result<JobOutcome, ExecutorError> {
-        if job.runner_id.is_empty() {
+        if job.runner_id.as_str().is_empty() {
             return Err(ExecutorError::Invalid {
                 backend: "docker",
                 job_id: job.job_id.clone(),
                 message: "the job has no runner id to label its resources with".to_owned(),
             });
         }
-        lock(&self.runner_id).get_or_insert_with(|| job.runner_id.clone());
-        lock(&self.active).insert(job.job_id.clone());
-        let _active = ActiveGuard {
-            active: self.active.clone(),
-            job_id: job.job_id.clone(),
-        };
+        // A run of a job whose earlier run is still being cleaned up would lose its resources
+        // to that cleanup.
+        self.cleanups.wait_for(job.job_id.as_str()).await;
         let mut run = JobRun::new(&self.shared, &job, &events, &cancel);
         let result = run.run(resume).await;
         if matches!(result, Err(ExecutorError::EventsClosed { .. })) {
@@ -263,42 +218,51 @@ impl Executor for DockerExecutor {
         let shared = self.shared.clone();
         let caches: Vec<String> = run.caches.iter().map(|(v, _)| v.clone()).collect();
         let (runner_id, job_id) = (job.runner_id.clone(), job.job_id.clone());
-        self.cleanups.spawn(async move {
-            remove_job_resources(&shared.docker, &runner_id, &job_id, false).await;
+        self.cleanups.spawn(job.job_id.clone(), async move {
+            remove_job_resources(&shared.docker, runner_id.as_str(), job_id.as_str(), false).await;
             shared.cache_index.touch(&caches, unix_now()).await;
         });
         result
     }
 
-    async fn running_jobs(&self) -> Result<Vec<String>, ExecutorError> {
-        let runner_id = self.known_runner_id()?;
-        let filters = runner_filter(&runner_id, &[(labels::KIND, Kind::Step.as_str())]);
+    async fn running_jobs(&self, runner_id: &RunnerId) -> Result<Vec<JobId>, ExecutorError> {
+        let filters = runner_filter(runner_id.as_str(), &[(labels::KIND, Kind::Step.as_str())]);
         let containers = list_containers(&self.shared.docker, filters)
             .await
             .map_err(|e| engine_error("list step containers", &e))?;
-        let jobs: BTreeSet<String> = containers
+        let jobs: BTreeSet<JobId> = containers
             .into_iter()
             .filter_map(|c| c.labels?.get(labels::JOB_ID).cloned())
+            // A job being cleaned up has ended: its containers are on their way out.
+            .filter(|job| !self.cleanups.is_pending(job))
+            .map(JobId::from)
             .collect();
         Ok(jobs.into_iter().collect())
     }
 
-    async fn sweep(&self, live_jobs: &HashSet<String>) -> Result<SweepReport, ExecutorError> {
-        let runner_id = self.known_runner_id()?;
+    async fn sweep(
+        &self,
+        runner_id: &RunnerId,
+        live: &dyn LiveJobs,
+    ) -> Result<SweepReport, ExecutorError> {
         let docker = &self.shared.docker;
-        let active = lock(&self.active).clone();
-        let dead = |labels: Option<&std::collections::HashMap<String, String>>| {
+        // Asked per resource right before its removal, never from a list made earlier. A job
+        // whose cleanup is pending is left to that cleanup.
+        let dead = |labels: Option<&HashMap<String, String>>| {
             labels
                 .and_then(|l| l.get(labels::JOB_ID))
-                .is_some_and(|j| !live_jobs.contains(j) && !active.contains(j))
+                .is_some_and(|j| !live.is_live(j) && !self.cleanups.is_pending(j))
         };
         let mut report = SweepReport::default();
-        let filters = runner_filter(&runner_id, &[]);
+        let filters = runner_filter(runner_id.as_str(), &[]);
 
         let containers = list_containers(docker, filters.clone())
             .await
             .map_err(|e| engine_error("list containers", &e))?;
-        for c in containers.iter().filter(|c| dead(c.labels.as_ref())) {
+        for c in &containers {
+            if !dead(c.labels.as_ref()) {
+                continue;
+            }
             let id = c.id.clone().unwrap_or_default();
             let line = describe(
                 "container",
@@ -320,7 +284,10 @@ impl Executor for DockerExecutor {
             }))
             .await
             .map_err(|e| engine_error("list networks", &e))?;
-        for n in networks.iter().filter(|n| dead(n.labels.as_ref())) {
+        for n in &networks {
+            if !dead(n.labels.as_ref()) {
+                continue;
+            }
             let id = n.id.clone().unwrap_or_default();
             let line = describe("network", &id, n.name.as_ref(), n.labels.as_ref());
             match docker.remove_network(&id).await {
@@ -382,13 +349,16 @@ impl Executor for DockerExecutor {
         }
         Ok(report)
     }
+
+    async fn shutdown(&self) {
+        self.wait_for_cleanups().await;
+    }
 }
 
 fn engine_error(action: &str, e: &bollard::errors::Error) -> ExecutorError {
-    ExecutorError::Engine {
+    ExecutorError::Backend {
         backend: "docker",
         action: action.to_owned(),
-        job_id: "(sweep)".to_owned(),
         message: engine_message(e),
     }
 }
@@ -397,78 +367,11 @@ fn describe(
     what: &str,
     id: &str,
     name: Option<&String>,
-    labels: Option<&std::collections::HashMap<String, String>>,
+    labels: Option<&HashMap<String, String>>,
 ) -> String {
     let name = name.map_or(id, |n| n.trim_start_matches('/'));
     let job = labels
         .and_then(|l| l.get(labels::JOB_ID))
         .map_or("?", String::as_str);
     format!("{what} {name} (job {job})")
-}
-
-/// Removes a job's containers, network and workspace volume (never its caches). Errors are
-/// logged: a sweep catches what is left. `quiet` is for the reset before a fresh run.
-pub(crate) async fn remove_job_resources(
-    docker: &Docker,
-    runner_id: &str,
-    job_id: &str,
-    quiet: bool,
-) {
-    let filters = runner_filter(runner_id, &[(labels::JOB_ID, job_id)]);
-    let report = |what: &str, e: &bollard::errors::Error| {
-        if !quiet {
-            tracing::warn!(job_id, error = %e, "cleanup could not remove {what}");
-        }
-    };
-    match list_containers(docker, filters.clone()).await {
-        Ok(containers) => {
-            for id in containers.into_iter().filter_map(|c| c.id) {
-                if let Some(e) = force_remove(docker, &id).await {
-                    report(&format!("container {id}"), &e);
-                }
-            }
-        }
-        Err(e) => report("containers", &e),
-    }
-    match docker
-        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
-            filters: Some(filters.clone()),
-        }))
-        .await
-    {
-        Ok(networks) => {
-            for id in networks.into_iter().filter_map(|n| n.id) {
-                if let Err(e) = docker.remove_network(&id).await
-                    && status_of(&e) != Some(404)
-                {
-                    report(&format!("network {id}"), &e);
-                }
-            }
-        }
-        Err(e) => report("networks", &e),
-    }
-    let workspace_filter = runner_filter(
-        runner_id,
-        &[
-            (labels::JOB_ID, job_id),
-            (labels::KIND, Kind::Workspace.as_str()),
-        ],
-    );
-    match list_volumes(docker, workspace_filter).await {
-        Ok(volumes) => {
-            for v in volumes {
-                if let Err(e) = docker
-                    .remove_volume(
-                        &v.name,
-                        None::<bollard::query_parameters::RemoveVolumeOptions>,
-                    )
-                    .await
-                    && status_of(&e) != Some(404)
-                {
-                    report(&format!("volume {}", v.name), &e);
-                }
-            }
-        }
-        Err(e) => report("volumes", &e),
-    }
 }

@@ -84,7 +84,7 @@ async fn steps_share_the_workspace_and_reach_a_service_by_name() {
     );
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(leftovers(&ctx.docker, &job_id).await, (0, 0, 0));
+    assert_eq!(leftovers(&ctx.docker, job_id.as_str()).await, (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +266,7 @@ async fn cancel_stops_the_step_and_leaves_nothing_behind() {
     assert_eq!(finished(&events, 1).state, StepState::Skipped);
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(leftovers(&ctx.docker, &job_id).await, (0, 0, 0));
+    assert_eq!(leftovers(&ctx.docker, job_id.as_str()).await, (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,8 +307,14 @@ async fn step_and_job_timeouts_stop_everything_and_leave_nothing_behind() {
     assert_eq!(finished(&events, 1).state, StepState::Skipped);
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(leftovers(&ctx.docker, &step_job_id).await, (0, 0, 0));
-    assert_eq!(leftovers(&ctx.docker, &job_timeout_id).await, (0, 0, 0));
+    assert_eq!(
+        leftovers(&ctx.docker, step_job_id.as_str()).await,
+        (0, 0, 0)
+    );
+    assert_eq!(
+        leftovers(&ctx.docker, job_timeout_id.as_str()).await,
+        (0, 0, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +369,7 @@ async fn secrets_reach_steps_but_no_label_and_no_image() {
             seen.contains("has-secret"),
             "the step got its secret: {seen}"
         );
-        assert_secret_not_in_labels_or_images(&docker, &job_id, &secret).await;
+        assert_secret_not_in_labels_or_images(&docker, job_id.as_str(), &secret).await;
         cancel.cancel();
         while rx.recv().await.is_some() {}
     };

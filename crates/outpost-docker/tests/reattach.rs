@@ -11,7 +11,7 @@ use bollard::query_parameters::CreateContainerOptions;
 use common::*;
 use outpost_docker::DockerConfig;
 use outpost_executor::{
-    CancellationToken, ExecEvent, Executor, OutputStream, Resume, event_channel,
+    CancellationToken, ExecEvent, Executor, JobId, OutputStream, Resume, event_channel,
 };
 use outpost_protocol::{FailureClass, JobResult, StepState};
 
@@ -66,7 +66,10 @@ async fn a_restarted_runner_takes_over_a_running_step_byte_exact() {
             .any(|e| matches!(e, ExecEvent::StepFinished { .. }))
     );
     assert_eq!(
-        ctx.exec.running_jobs().await.expect("running jobs"),
+        ctx.exec
+            .running_jobs(&ctx.runner_id)
+            .await
+            .expect("running jobs"),
         vec![job_id.clone()]
     );
 
@@ -114,8 +117,14 @@ async fn a_restarted_runner_takes_over_a_running_step_byte_exact() {
     assert_eq!(output(&events, 1, None), "after\n");
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(leftovers(&ctx.docker, &job_id).await, (0, 0, 0));
-    assert!(ctx.exec.running_jobs().await.expect("list").is_empty());
+    assert_eq!(leftovers(&ctx.docker, job_id.as_str()).await, (0, 0, 0));
+    assert!(
+        ctx.exec
+            .running_jobs(&ctx.runner_id)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,17 +224,21 @@ async fn sweep_removes_what_dead_jobs_of_this_runner_left() {
         return;
     };
     let docker = &ctx.docker;
-    let me = ctx.runner_id.clone();
-    plant(docker, &me, "dead-job", "a").await;
-    plant(docker, &me, "live-job", "b").await;
-    plant(docker, &other.runner_id, "dead-job", "c").await;
+    let me = ctx.runner_id.as_str();
+    plant(docker, me, "dead-job", "a").await;
+    plant(docker, me, "live-job", "b").await;
+    plant(docker, other.runner_id.as_str(), "dead-job", "c").await;
 
-    let mut running = ctx.exec.running_jobs().await.expect("running jobs");
+    let mut running = ctx
+        .exec
+        .running_jobs(&ctx.runner_id)
+        .await
+        .expect("running jobs");
     running.sort();
     assert_eq!(running, ["dead-job", "live-job"]);
 
-    let live = HashSet::from(["live-job".to_owned()]);
-    let report = ctx.exec.sweep(&live).await.expect("sweep");
+    let live = HashSet::from([JobId::from("live-job")]);
+    let report = ctx.exec.sweep(&ctx.runner_id, &live).await.expect("sweep");
     assert!(report.failed.is_empty(), "{report:?}");
     // The dead job's container, network and workspace volume, and both cache volumes (a
     // retention of zero: caches are kept by use, not by job liveness).
@@ -241,13 +254,20 @@ async fn sweep_removes_what_dead_jobs_of_this_runner_left() {
         "the live job keeps all but its cache"
     );
     assert_eq!(
-        ctx.exec.running_jobs().await.expect("running jobs"),
+        ctx.exec
+            .running_jobs(&ctx.runner_id)
+            .await
+            .expect("running jobs"),
         ["live-job"]
     );
 
     // With the default retention, a fresh cache volume stays.
-    plant(docker, &other.runner_id, "dead-job-2", "d").await;
-    let report = other.exec.sweep(&HashSet::new()).await.expect("sweep");
+    plant(docker, other.runner_id.as_str(), "dead-job-2", "d").await;
+    let report = other
+        .exec
+        .sweep(&other.runner_id, &HashSet::<JobId>::new())
+        .await
+        .expect("sweep");
     let volumes = docker
         .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
             filters: Some(HashMap::from([(

@@ -12,8 +12,8 @@ use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, List
 use bytes::Bytes;
 use outpost_docker::{DockerConfig, DockerExecutor};
 use outpost_executor::{
-    CancellationToken, ExecEvent, Executor, ExecutorError, JobOutcome, OutputStream, PreparedJob,
-    Resume, StepOutcome, StepSpec, When, event_channel,
+    CancellationToken, ExecEvent, Executor, ExecutorError, JobId, JobOutcome, OutputStream,
+    PreparedJob, Resume, RunnerId, StepOutcome, StepSpec, When, event_channel,
 };
 
 /// Built by `cargo xtask test-images` (xtask/src/test_images.rs).
@@ -39,7 +39,7 @@ pub async fn docker_available() -> Result<Docker, String> {
 pub struct Ctx {
     pub exec: DockerExecutor,
     pub docker: Docker,
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     _guard: outpost_testkit::DockerPurge,
 }
 
@@ -64,12 +64,11 @@ pub async fn setup(config: DockerConfig) -> Option<Ctx> {
         .await
         .expect("the executor connects to the engine the test client reached");
     let runner_id = format!("test-{:016x}", rand::random::<u64>());
-    exec.set_runner_id(runner_id.clone());
     Some(Ctx {
         exec,
         docker,
         _guard: outpost_testkit::DockerPurge(runner_id.clone()),
-        runner_id,
+        runner_id: runner_id.into(),
     })
 }
 
@@ -95,7 +94,7 @@ pub fn step(index: u32, run: &str) -> StepSpec {
 
 pub fn job(ctx: &Ctx, workspace: &Path, steps: Vec<StepSpec>) -> PreparedJob {
     PreparedJob {
-        job_id: format!("j-{:012x}", rand::random::<u64>() >> 16),
+        job_id: JobId::new(format!("j-{:012x}", rand::random::<u64>() >> 16)),
         runner_id: ctx.runner_id.clone(),
         cache_scope: format!("scope-{}", ctx.runner_id),
         workspace: workspace.to_owned(),
