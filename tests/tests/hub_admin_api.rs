@@ -302,8 +302,8 @@ async fn job_details_and_assignments_carry_the_submitted_spec() {
     let details = hub.job(&org, &inline_id).await;
     assert_eq!(details.job_id, inline_id);
     assert_eq!(details.state, JobState::Queued);
-    assert_eq!(details.spec.pipeline.as_deref(), Some(PIPELINE));
-    assert_eq!(details.spec.source, None);
+    assert_eq!(details.spec.pipeline(), Some(PIPELINE));
+    assert_eq!(details.spec.source(), None);
     assert_eq!(details.labels, vec!["linux".to_owned()]);
     assert_eq!(details.variables, variables);
     assert_eq!(details.runner_id, None);
@@ -325,11 +325,11 @@ async fn job_details_and_assignments_carry_the_submitted_spec() {
     };
     let git_id = hub.submit(&org, &from_git).await;
     let details = hub.job(&org, &git_id).await;
-    assert_eq!(details.spec.source, Some(git_source()));
-    assert_eq!(details.spec.pipeline, None);
+    assert_eq!(details.spec.source(), Some(&git_source()));
+    assert_eq!(details.spec.pipeline(), None);
     let assignment = runner.acquire(0).await.expect("the git job");
     assert_eq!(assignment.job_id, git_id);
-    assert_eq!(assignment.spec.source, Some(git_source()));
+    assert_eq!(assignment.spec.source(), Some(&git_source()));
 }
 
 #[tokio::test]

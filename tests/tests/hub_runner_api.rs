@@ -94,16 +94,13 @@ async fn long_poll_acquire_returns_the_job_as_soon_as_it_is_submitted() {
         .await
         .expect("a job, not a 204");
     assert_eq!(assignment.job_id, job_id);
-    assert!(!assignment.lease_id.is_empty());
-    assert_eq!(
-        assignment.spec.pipeline.as_deref(),
-        Some(outpost_e2e::PIPELINE)
-    );
+    assert!(!assignment.lease_id.as_str().is_empty());
+    assert_eq!(assignment.spec.pipeline(), Some(outpost_e2e::PIPELINE));
 
     let details = hub.job(&org, &job_id).await;
     assert_eq!(details.state, JobState::Assigned);
     assert_eq!(
-        details.runner_id.as_deref(),
+        details.runner_id.as_ref().map(|id| id.as_str()),
         Some(runner.runner_id.as_str())
     );
 }
@@ -135,7 +132,7 @@ async fn two_runners_racing_for_one_job_exactly_one_wins_every_round() {
         let details = hub.job(&org, &job_id).await;
         assert_eq!(details.state, JobState::Assigned, "round {round}");
         assert_eq!(
-            details.runner_id.as_deref(),
+            details.runner_id.as_ref().map(|id| id.as_str()),
             Some(winner.runner_id.as_str()),
             "round {round}"
         );
@@ -174,7 +171,7 @@ async fn two_parked_runners_each_get_one_of_two_jobs() {
         let got_b = woken(poll_b, "runner b's acquire")
             .await
             .expect("a job for b");
-        let got = HashSet::from([got_a.job_id.clone(), got_b.job_id.clone()]);
+        let got = HashSet::from([got_a.job_id.into_string(), got_b.job_id.into_string()]);
         assert_eq!(got, HashSet::from([first, second]), "round {round}");
     }
 }
@@ -502,7 +499,7 @@ async fn cancel_reaches_a_held_heartbeat_at_once() {
 
     let cancel = hub
         .as_org(&org)
-        .post_json(&paths::job_cancel(&org.name, &job.job_id), &())
+        .post_json(&paths::job_cancel(&org.name, job.job_id.as_str()), &())
         .await;
     let cancel: CancelResponse = cancel.expect(200).json();
     assert_eq!(cancel.job_id, job.job_id);
@@ -609,7 +606,10 @@ async fn jobs_go_only_to_runners_that_have_all_their_labels() {
     assert_pending(&hub, &poll, "the plain runner's acquire").await;
     let second_gpu = hub.submit(&org, &job(&["gpu"])).await;
     assert_eq!(woken(poll, "the plain runner's acquire").await, None);
-    assert_eq!(gpu.acquire(0).await.map(|j| j.job_id), Some(second_gpu));
+    assert_eq!(
+        gpu.acquire(0).await.map(|j| j.job_id.into_string()),
+        Some(second_gpu)
+    );
 }
 
 #[tokio::test]

@@ -341,7 +341,7 @@ async fn organization_b_cannot_reach_anything_of_organization_a() {
     assert_eq!(a_jobs.jobs.len(), 2, "B submitted a job to A: {a_jobs:?}");
     // A's token still works, and A's runner gets A's queued job.
     assert_eq!(
-        a_runner.acquire(0).await.map(|j| j.job_id),
+        a_runner.acquire(0).await.map(|j| j.job_id.into_string()),
         Some(a_queued.clone())
     );
     a_runner
@@ -358,7 +358,11 @@ async fn organization_b_cannot_reach_anything_of_organization_a() {
     let ids: HashSet<String> = b_tokens.tokens.into_iter().map(|t| t.id).collect();
     assert_eq!(ids, HashSet::from([b_token.id.clone()]));
     let b_runners: RunnerList = b_key.get(&paths::runners(bn)).await.expect(200).json();
-    let ids: Vec<String> = b_runners.runners.into_iter().map(|r| r.runner_id).collect();
+    let ids: Vec<String> = b_runners
+        .runners
+        .into_iter()
+        .map(|r| r.runner_id.into_string())
+        .collect();
     assert_eq!(ids, vec![b_runner.runner_id.clone()]);
     let b_jobs: JobList = b_key.get(&paths::jobs(bn)).await.expect(200).json();
     assert!(b_jobs.jobs.is_empty(), "B sees jobs: {b_jobs:?}");
