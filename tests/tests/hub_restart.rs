@@ -169,7 +169,10 @@ async fn a_hub_killed_mid_job_loses_nothing_it_acknowledged() {
     let done = TestRunner::completion(&finished, JobResult::Success, None, 13);
     runner.complete(&finished.job_id, &done).await.expect(200);
     // The queued job is still handed out.
-    assert_eq!(runner.acquire(0).await.map(|j| j.job_id), Some(queued));
+    assert_eq!(
+        runner.acquire(0).await.map(|j| j.job_id.into_string()),
+        Some(queued)
+    );
 }
 
 /// One line of the log the writer sends: 12 bytes, so offset `12 * i` starts line `i`.
@@ -198,7 +201,7 @@ async fn log_bytes_acknowledged_before_a_kill_survive_it() {
             let mut i = 0;
             loop {
                 let chunk: String = (i..i + 4).map(line).collect();
-                let path = paths::job_log(&id, i * 12);
+                let path = paths::job_log(id.as_str(), i * 12);
                 match runner
                     .http
                     .send(
@@ -234,11 +237,26 @@ async fn log_bytes_acknowledged_before_a_kill_survive_it() {
     }
     let acknowledged = acked.load(Ordering::SeqCst);
 
+    // The bytes live in the job's log file beside the database; a kill between a write and
+    // its commit may leave more there than was committed, never less.
+    let file = log_file(&hub, job.job_id.as_str());
+    let on_disk = std::fs::read(&file).expect("the job's log file");
     hub.restart().await;
     let committed = runner.append_log_ok(&job.job_id, 0, Vec::new()).await;
     assert!(
         committed >= acknowledged,
         "acknowledged {acknowledged} bytes, the hub kept {committed}"
+    );
+    let held = usize::try_from(committed).expect("small");
+    assert!(
+        on_disk.len() >= held,
+        "the file holds {} of {committed} committed bytes",
+        on_disk.len()
+    );
+    assert_eq!(
+        on_disk[..held],
+        expected_log(committed),
+        "the file is not the log"
     );
     assert_eq!(
         hub.log(&org, &job.job_id).await,
@@ -257,6 +275,24 @@ async fn log_bytes_acknowledged_before_a_kill_survive_it() {
         hub.log(&org, &job.job_id).await,
         expected_log(committed + 100)
     );
+    assert_eq!(
+        std::fs::read(&file).expect("the job's log file"),
+        expected_log(committed + 100),
+        "the file is not exactly the committed log"
+    );
+}
+
+/// The log file of `job_id` under `<database>.logs/<org id>/`.
+fn log_file(hub: &TestHub, job_id: &str) -> std::path::PathBuf {
+    let mut logs = hub.database_path().as_os_str().to_owned();
+    logs.push(".logs");
+    let found: Vec<_> = std::fs::read_dir(&logs)
+        .expect("the hub's log folder")
+        .map(|org| org.expect("entry").path().join(format!("{job_id}.log")))
+        .filter(|path| path.is_file())
+        .collect();
+    assert_eq!(found.len(), 1, "log files of {job_id}: {found:?}");
+    found[0].clone()
 }
 
 #[tokio::test]
@@ -274,7 +310,11 @@ async fn a_hub_restarted_twice_keeps_its_admin_key_and_orgs() {
             .await
             .expect(200)
             .json();
-        let ids: Vec<String> = listed.jobs.into_iter().map(|j| j.job_id).collect();
+        let ids: Vec<String> = listed
+            .jobs
+            .into_iter()
+            .map(|j| j.job_id.into_string())
+            .collect();
         assert_eq!(ids, vec![job_id.clone()], "round {round}");
     }
 }
