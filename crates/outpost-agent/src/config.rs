@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use outpost_scheduler::{GitConfig, SchedulerConfig};
+
 use crate::AgentError;
 
 /// Command line shared by every runner binary (DESIGN.md §3 "Command lines").
@@ -94,7 +96,7 @@ pub struct GitSection {
     /// A git credential helper, e.g. `store --file=/etc/outpost/git-credentials`.
     pub credential_helper: Option<String>,
     /// Limit for one checkout.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "outpost_time::serde_duration")]
     pub timeout: Duration,
 }
 
@@ -102,7 +104,7 @@ impl Default for GitSection {
     fn default() -> Self {
         Self {
             credential_helper: None,
-            timeout: Duration::from_secs(600),
+            timeout: GitConfig::default().timeout,
         }
     }
 }
@@ -131,10 +133,10 @@ pub struct AgentConfig<E> {
     pub metrics_listen: Option<SocketAddr>,
     pub secrets_dir: Option<PathBuf>,
     /// How long running jobs may go on after the first SIGTERM before they are cancelled.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "outpost_time::serde_duration")]
     pub drain_grace: Duration,
     /// How long one acquire long-poll is held by the hub.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "outpost_time::serde_duration")]
     pub acquire_wait: Duration,
     /// Per-job log limit; output beyond it is dropped with a visible notice.
     pub log_cap_bytes: u64,
@@ -146,21 +148,27 @@ pub struct AgentConfig<E> {
     pub executor: E,
 }
 
+/// Where a runner keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/outpost";
+
 impl<E: Default> Default for AgentConfig<E> {
+    /// The scheduler's own defaults ([`SchedulerConfig::new`]), so a runner binary and
+    /// `outpost run` cannot drift apart.
     fn default() -> Self {
+        let scheduler = SchedulerConfig::new(default_name(), DEFAULT_STATE_DIR);
         Self {
             hub: None,
             token: None,
             token_file: None,
-            name: default_name(),
-            labels: Vec::new(),
-            concurrency: 1,
-            state_dir: PathBuf::from("/var/lib/outpost"),
+            name: scheduler.name,
+            labels: scheduler.labels,
+            concurrency: scheduler.concurrency,
+            state_dir: scheduler.state_dir,
             metrics_listen: None,
-            secrets_dir: None,
-            drain_grace: Duration::from_secs(600),
-            acquire_wait: Duration::from_secs(30),
-            log_cap_bytes: 256 * 1024 * 1024,
+            secrets_dir: scheduler.secrets_dir,
+            drain_grace: scheduler.drain_grace,
+            acquire_wait: scheduler.acquire_wait,
+            log_cap_bytes: scheduler.log_cap_bytes,
             log_format: LogFormat::Human,
             tls: TlsConfig::default(),
             proxy: ProxyConfig::default(),

@@ -6,7 +6,6 @@
 //! error to an exit code with [`AgentError::exit_code`].
 
 mod config;
-mod duration;
 mod health;
 mod runner;
 

@@ -21,10 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outpost_protocol::{
     AcquireRequest, AcquireResponse, CancelResponse, CompleteRequest, CompleteResponse,
     CreateOrgRequest, CreateOrgResponse, CreateRunnerTokenRequest, CreateRunnerTokenResponse,
-    ErrorBody, ErrorCode, HeartbeatRequest, HeartbeatResponse, JobAssignment, JobDetails, JobId, JobList,
-    JobState, JobSummary, LogAppendResponse, RegisterRequest, RegisterResponse, RunnerInfo,
-    RunnerList, RunnerTokenInfo, RunnerTokenList, StepUpdate, SubmitJobRequest, SubmitJobResponse,
-    paths,
+    ErrorBody, ErrorCode, HeartbeatRequest, HeartbeatResponse, JobAssignment, JobDetails, JobId,
+    JobList, JobState, JobSummary, LogAppendResponse, RegisterRequest, RegisterResponse,
+    RunnerInfo, RunnerList, RunnerTokenInfo, RunnerTokenList, StepUpdate, SubmitJobRequest,
+    SubmitJobResponse, paths,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -259,7 +259,11 @@ impl HubClient {
     }
 
     /// `POST /api/v1/runner/jobs/{id}/steps`: upserts one step's state.
-    pub async fn step_update(&self, job_id: &JobId, update: &StepUpdate) -> Result<(), ClientError> {
+    pub async fn step_update(
+        &self,
+        job_id: &JobId,
+        update: &StepUpdate,
+    ) -> Result<(), ClientError> {
         let call = Call::json(
             Method::POST,
             paths::job_steps(&segment(job_id.as_str())),

@@ -79,10 +79,16 @@ pub struct ClientConfig {
     #[serde(default = "default_use_env_proxy")]
     pub use_env_proxy: bool,
     /// Default `10s`.
-    #[serde(default = "default_connect_timeout", with = "duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "outpost_time::serde_duration"
+    )]
     pub connect_timeout: Duration,
     /// Default `30s`.
-    #[serde(default = "default_request_timeout", with = "duration")]
+    #[serde(
+        default = "default_request_timeout",
+        with = "outpost_time::serde_duration"
+    )]
     pub request_timeout: Duration,
     /// When and how often a failed call is tried again.
     #[serde(default)]
@@ -173,13 +179,13 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Longest time from the first attempt after which no retry starts; `0` means no limit.
     /// Default `2m`. A `Retry-After` that would end past it ends the call at once.
-    #[serde(default = "default_max_elapsed", with = "duration")]
+    #[serde(default = "default_max_elapsed", with = "outpost_time::serde_duration")]
     pub max_elapsed: Duration,
     /// Default `200ms`.
-    #[serde(default = "default_base_delay", with = "duration")]
+    #[serde(default = "default_base_delay", with = "outpost_time::serde_duration")]
     pub base_delay: Duration,
     /// Default `15s`.
-    #[serde(default = "default_max_delay", with = "duration")]
+    #[serde(default = "default_max_delay", with = "outpost_time::serde_duration")]
     pub max_delay: Duration,
 }
 
@@ -227,57 +233,6 @@ fn default_base_delay() -> Duration {
 }
 fn default_max_delay() -> Duration {
     defaults::MAX_DELAY
-}
-
-/// A duration as a humantime string (`"1m 30s"`) or a number of seconds; written as humantime.
-mod duration {
-    use std::fmt;
-    use std::time::Duration;
-
-    use serde::de::{self, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_duration(*value))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        deserializer.deserialize_any(DurationVisitor)
-    }
-
-    struct DurationVisitor;
-
-    impl Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration such as \"30s\" or \"500ms\", or a number of seconds")
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            let v = v.trim();
-            if let Ok(seconds) = v.parse::<f64>() {
-                return self.visit_f64(seconds);
-            }
-            humantime::parse_duration(v)
-                .map_err(|e| E::custom(format_args!("invalid duration `{v}`: {e}")))
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom(format_args!("invalid duration {v}: negative")))
-        }
-
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
-            Duration::try_from_secs_f64(v)
-                .map_err(|e| E::custom(format_args!("invalid duration {v}: {e}")))
-        }
-    }
 }
 
 #[cfg(test)]

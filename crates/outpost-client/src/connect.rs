@@ -347,10 +347,8 @@ impl Service<Uri> for Connector {
             match tokio::time::timeout(timeout, this.connect(dst)).await {
                 Ok(result) => result,
                 Err(_elapsed) => {
-                    let message = format!(
-                        "connect timed out after {}",
-                        humantime::format_duration(timeout)
-                    );
+                    let message =
+                        format!("connect timed out after {}", outpost_time::format(timeout));
                     Err(Box::new(io::Error::new(io::ErrorKind::TimedOut, message)) as BoxError)
                 }
             }

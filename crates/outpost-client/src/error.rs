@@ -42,7 +42,7 @@ pub enum ClientError {
         source: BoxError,
     },
     /// No complete answer arrived within the call's timeout.
-    #[error("{endpoint}: no answer within {}", humantime::format_duration(*.after))]
+    #[error("{endpoint}: no answer within {}", outpost_time::format(*.after))]
     Timeout {
         /// Method and path of the call.
         endpoint: String,

@@ -3,24 +3,13 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
-use rand::Rng;
+use outpost_time::Backoff;
 
 use crate::config::RetryPolicy;
 
-/// The ceiling of the backoff before retry number `retry` (0 for the first retry):
-/// `min(max_delay, base_delay * 2^retry)`.
-pub(crate) fn backoff_ceiling(policy: &RetryPolicy, retry: u32) -> Duration {
-    let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
-    policy
-        .base_delay
-        .saturating_mul(factor)
-        .min(policy.max_delay)
-}
-
-/// Full jitter: a delay drawn uniformly from `[0, ceiling]`.
-pub(crate) fn full_jitter(ceiling: Duration) -> Duration {
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+/// The backoff of a policy (full jitter, `outpost_time::Backoff`).
+fn backoff(policy: &RetryPolicy) -> Backoff {
+    Backoff::new(policy.base_delay, policy.max_delay)
 }
 
 /// The delay a `Retry-After` header asks for: delay-seconds or an HTTP date (past dates are
@@ -68,7 +57,7 @@ impl<'a> Budget<'a> {
         }
         let delay = match asked {
             Some(asked) => asked,
-            None => full_jitter(backoff_ceiling(policy, self.attempts.saturating_sub(1))),
+            None => backoff(policy).delay(self.attempts.saturating_sub(1)),
         };
         if !policy.max_elapsed.is_zero() && self.started.elapsed() + delay > policy.max_elapsed {
             return None;
@@ -91,31 +80,10 @@ mod tests {
     }
 
     #[test]
-    fn ceiling_doubles_up_to_the_cap() {
+    fn the_policy_bounds_the_backoff() {
         let policy = policy(0, Duration::ZERO);
-        let check = |retry: u32, millis: u64| {
-            assert_eq!(
-                backoff_ceiling(&policy, retry),
-                Duration::from_millis(millis),
-                "{retry}"
-            );
-        };
-        check(0, 100);
-        check(1, 200);
-        check(2, 400);
-        check(3, 800);
-        check(4, 1000);
-        check(40, 1000);
-        check(u32::MAX, 1000);
-    }
-
-    #[test]
-    fn jitter_stays_within_the_ceiling() {
-        let ceiling = Duration::from_millis(50);
-        for _ in 0..1000 {
-            assert!(full_jitter(ceiling) <= ceiling);
-        }
-        assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
+        assert_eq!(backoff(&policy).ceiling(0), Duration::from_millis(100));
+        assert_eq!(backoff(&policy).ceiling(40), Duration::from_secs(1));
     }
 
     #[test]

@@ -421,7 +421,10 @@ async fn log_gap_and_incomplete_log_are_outcomes() {
         failure: None,
         log_bytes: 10,
     };
-    let short = client.complete(&"job-1".into(), &complete).await.expect("complete");
+    let short = client
+        .complete(&"job-1".into(), &complete)
+        .await
+        .expect("complete");
     assert_eq!(short, Completion::LogIncomplete { committed: 5 });
     let done = client
         .complete(&"job-1".into(), &complete)

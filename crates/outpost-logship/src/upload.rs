@@ -1,8 +1,6 @@
 //! The uploader: sends a spool to the hub from the hub's committed offset, in order, in bounded
 //! batches, retrying with backoff through outages of any length (DESIGN.md §3 log append, §6.1).
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use outpost_protocol::MAX_LOG_CHUNK;
+use outpost_time::Backoff;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -104,7 +103,6 @@ impl Uploader {
             committed_tx,
             final_rx,
             backoff_attempt: 0,
-            rng: seed(),
         };
         UploaderHandle {
             path,
@@ -195,7 +193,6 @@ struct Task {
     committed_tx: watch::Sender<u64>,
     final_rx: watch::Receiver<Option<u64>>,
     backoff_attempt: u32,
-    rng: u64,
 }
 
 /// What one wait in the main loop ended with.
@@ -405,26 +402,13 @@ impl Task {
     /// Sleeps a random time in `[0, min(max, initial * 2^attempt)]` ("full jitter"), or until
     /// cancelled.
     async fn backoff(&mut self) -> Result<(), LogshipError> {
-        let ceiling = self
-            .config
-            .backoff_initial
-            .saturating_mul(1u32 << self.backoff_attempt.min(20))
-            .min(self.config.backoff_max);
+        let backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let delay = backoff.delay(self.backoff_attempt);
         self.backoff_attempt = self.backoff_attempt.saturating_add(1);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        let delay = Duration::from_nanos(self.next_random() % nanos.saturating_add(1));
         tokio::select! {
             () = self.cancel.cancelled() => Err(self.cancelled(*self.committed_tx.borrow())),
             () = tokio::time::sleep(delay) => Ok(()),
         }
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64: jitter only needs to spread retries, not be unpredictable.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
     }
 
     fn cancelled(&self, committed: u64) -> LogshipError {
@@ -441,11 +425,4 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// A per-uploader random seed (never zero), from the standard library's per-process keys.
-fn seed() -> u64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(0x9e37_79b9_7f4a_7c15);
-    hasher.finish() | 1
 }

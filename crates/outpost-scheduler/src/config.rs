@@ -6,10 +6,21 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use outpost_time::Backoff;
+
 /// The environment-variable prefix of the built-in secret provider (`OUTPOST_SECRET_<NAME>`).
 pub const DEFAULT_SECRET_ENV_PREFIX: &str = "OUTPOST_SECRET_";
 /// Where container backends mount the workspace inside step containers.
 pub const DEFAULT_CONTAINER_WORKSPACE: &str = "/workspace";
+/// Default of [`SchedulerConfig::log_cap_bytes`]: 256 MiB.
+pub const DEFAULT_LOG_CAP_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How registration, acquire and outbox deliveries back off after a failed hub call.
+pub(crate) const HUB_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+/// How the heartbeat backs off: never long, since leases run out.
+pub(crate) const HEARTBEAT_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 /// Everything the scheduler needs to know besides the hub client and the backend.
 #[derive(Debug, Clone)]
@@ -49,7 +60,7 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// A configuration with the documented defaults: concurrency 1, acquire wait 30 s, the
     /// hub's heartbeat interval, drain grace 10 min, secrets from `OUTPOST_SECRET_*` only,
-    /// log cap 1 GiB, container workspace `/workspace`, sweep every 10 min.
+    /// log cap 256 MiB, container workspace `/workspace`, sweep every 10 min.
     pub fn new(name: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
         Self {
             name: name.into(),
@@ -61,7 +72,7 @@ impl SchedulerConfig {
             drain_grace: Duration::from_secs(600),
             secrets_dir: None,
             secret_env_prefix: DEFAULT_SECRET_ENV_PREFIX.to_owned(),
-            log_cap_bytes: 1024 * 1024 * 1024,
+            log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
             container_workspace: DEFAULT_CONTAINER_WORKSPACE.to_owned(),
             sweep_interval: Duration::from_secs(600),
             git: GitConfig::default(),

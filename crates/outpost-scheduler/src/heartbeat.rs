@@ -11,8 +11,8 @@ use outpost_protocol::{HeartbeatRequest, RunnerId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::HEARTBEAT_RETRY;
 use crate::fatal::Fatal;
-use crate::outbox::backoff;
 use crate::registry::JobRegistry;
 
 /// Renews the leases until `stop` fires. `wait` is the long-poll's `wait_s`.
@@ -69,7 +69,7 @@ pub(crate) async fn heartbeat_loop(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures).min(Duration::from_secs(5));
+                let delay = HEARTBEAT_RETRY.delay(failures);
                 tracing::warn!(error = %e, ?delay, "heartbeat failed; will retry");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

@@ -51,7 +51,8 @@ mod source;
 mod state;
 
 pub use crate::config::{
-    DEFAULT_CONTAINER_WORKSPACE, DEFAULT_SECRET_ENV_PREFIX, GitConfig, SchedulerConfig,
+    DEFAULT_CONTAINER_WORKSPACE, DEFAULT_LOG_CAP_BYTES, DEFAULT_SECRET_ENV_PREFIX, GitConfig,
+    SchedulerConfig,
 };
 pub use crate::error::SchedulerError;
 pub use crate::handle::{DrainStage, SchedulerHandle};

@@ -38,11 +38,7 @@ impl HubLogTarget {
 #[async_trait]
 impl LogTarget for HubLogTarget {
     async fn append(&self, offset: u64, bytes: Bytes) -> Result<u64, TargetError> {
-        match self
-            .client
-            .append_log(&self.job_id, offset, bytes)
-            .await
-        {
+        match self.client.append_log(&self.job_id, offset, bytes).await {
             Ok(LogAppend::Committed(committed)) => Ok(committed),
             Ok(LogAppend::Gap { committed }) => Err(TargetError::Gap { committed }),
             Err(ClientError::Unauthorized { endpoint }) => {

@@ -14,7 +14,6 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use outpost_client::{ClientError, Completion, HubClient};
 use outpost_protocol::{CompleteRequest, ErrorCode, JobId, StepUpdate};
@@ -24,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::HUB_RETRY;
 use crate::fatal::Fatal;
 use crate::registry::JobRegistry;
 use crate::state;
@@ -313,25 +313,21 @@ impl Worker {
                 return false;
             }
             let attempt = match &entry.item {
-                Item::Step(update) => {
-                    match self.client.step_update(&self.job_id, update).await {
-                        Ok(()) => Attempt::Done,
-                        Err(e) => classify(e),
+                Item::Step(update) => match self.client.step_update(&self.job_id, update).await {
+                    Ok(()) => Attempt::Done,
+                    Err(e) => classify(e),
+                },
+                Item::Complete(req) => match self.client.complete(&self.job_id, req).await {
+                    Ok(Completion::Done(resp)) => {
+                        tracing::info!(job_id = %self.job_id, state = %resp.state, "completion acknowledged");
+                        Attempt::Done
                     }
-                }
-                Item::Complete(req) => {
-                    match self.client.complete(&self.job_id, req).await {
-                        Ok(Completion::Done(resp)) => {
-                            tracing::info!(job_id = %self.job_id, state = %resp.state, "completion acknowledged");
-                            Attempt::Done
-                        }
-                        Ok(Completion::LogIncomplete { committed }) => Attempt::Retry(format!(
-                            "the hub holds {committed} of {} log bytes",
-                            req.log_bytes
-                        )),
-                        Err(e) => classify(e),
-                    }
-                }
+                    Ok(Completion::LogIncomplete { committed }) => Attempt::Retry(format!(
+                        "the hub holds {committed} of {} log bytes",
+                        req.log_bytes
+                    )),
+                    Err(e) => classify(e),
+                },
             };
             let what = match &entry.item {
                 Item::Step(u) => format!("step {} update ({})", u.index, u.state),
@@ -350,7 +346,7 @@ impl Worker {
                 }
                 Attempt::Retry(reason) => {
                     failures = failures.saturating_add(1);
-                    let delay = backoff(failures);
+                    let delay = HUB_RETRY.delay(failures);
                     tracing::debug!(job_id = %self.job_id, seq, %what, %reason, ?delay, "outbox delivery failed; will retry");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -391,15 +387,6 @@ fn classify(e: ClientError) -> Attempt {
         ClientError::Decode { .. } | ClientError::Config { .. } => Attempt::Drop(e.to_string()),
         _ => Attempt::Retry(e.to_string()),
     }
-}
-
-/// Exponential backoff with full jitter: up to 250 ms × 2ⁿ, capped at 30 s.
-pub(crate) fn backoff(failures: u32) -> Duration {
-    let max = Duration::from_millis(250)
-        .saturating_mul(1u32 << failures.min(7))
-        .min(Duration::from_secs(30));
-    let millis = u64::try_from(max.as_millis()).unwrap_or(30_000);
-    Duration::from_millis(rand::random_range(millis / 4..=millis))
 }
 
 #[cfg(test)]
@@ -457,14 +444,5 @@ mod tests {
         outbox.wait_delivered(seq).await;
         assert_eq!(outbox.len(), 3);
         assert!(!outbox.path(seq).exists());
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for n in 0..40 {
-            let d = backoff(n);
-            assert!(d <= Duration::from_secs(30), "{n}: {d:?}");
-        }
-        assert!(backoff(1) <= Duration::from_millis(500));
     }
 }

@@ -17,13 +17,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SchedulerConfig;
+use crate::config::{HUB_RETRY, SchedulerConfig};
 use crate::error::SchedulerError;
 use crate::handle::{SchedulerHandle, Shared};
 use crate::heartbeat::heartbeat_loop;
 use crate::job::{Ctx, JobRun, Origin};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, backoff};
+use crate::outbox::Outbox;
 use crate::registry::JobRegistry;
 use crate::secrets::SecretProviders;
 use crate::state::{JournalRecord, StateDir};
@@ -242,7 +242,7 @@ async fn register(ctx: &Arc<Ctx>) -> Option<RegisterResponse> {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures);
+                let delay = HUB_RETRY.delay(failures);
                 tracing::warn!(error = %e, ?delay, "registration failed; will retry");
                 tokio::time::sleep(delay).await;
             }
@@ -388,7 +388,7 @@ async fn acquire_loop(
             Err(e) => {
                 drop(slot);
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures);
+                let delay = HUB_RETRY.delay(failures);
                 tracing::warn!(error = %e, ?delay, "acquire failed; will retry");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

@@ -243,7 +243,7 @@ async fn checkout(
             format!(
                 "checking out {} at `{git_ref}` took longer than {}",
                 masker.mask_str(&shown_url),
-                outpost_executor::humanize(git.timeout)
+                outpost_time::format(git.timeout)
             ),
         )),
         () = cancel.cancelled() => Err(SourceFailure::new(
