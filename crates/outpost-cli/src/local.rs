@@ -99,11 +99,11 @@ pub async fn run(args: RunArgs) -> Result<bool, CliError> {
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("\noutpost: cancelling job {job_id} (Ctrl-C)");
-                let _ = admin.cancel_job(ORG, &job_id).await;
+                let _ = admin.cancel_job(ORG, job_id.as_str()).await;
             }
         })
     };
-    let outcome = crate::view::watch(&admin, ORG, &job.job_id).await;
+    let outcome = crate::view::watch(&admin, ORG, job.job_id.as_str()).await;
     canceller.abort();
 
     runner.drain();

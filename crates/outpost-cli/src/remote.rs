@@ -76,7 +76,7 @@ pub async fn submit(hub: &HubArgs, args: &SubmitArgs) -> Result<bool, CliError> 
     if !args.follow {
         return Ok(true);
     }
-    let details = crate::view::watch(&client, &org, &job.job_id).await?;
+    let details = crate::view::watch(&client, &org, job.job_id.as_str()).await?;
     Ok(details.state == JobState::Success)
 }
 

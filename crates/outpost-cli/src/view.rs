@@ -166,7 +166,7 @@ impl View {
             "{} {}  {}",
             self.paint("36", SPINNER[self.frame]),
             name,
-            self.paint("2", &format_duration(since.elapsed()))
+            self.paint("2", &outpost_time::format(since.elapsed()))
         );
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "\r\x1b[2K{line}");
@@ -200,7 +200,7 @@ impl View {
     }
 
     fn step_line(&self, step: &StepInfo) -> String {
-        let took = step_duration(step).map(format_duration).unwrap_or_default();
+        let took = step_duration(step).map(outpost_time::format).unwrap_or_default();
         let (mark, detail) = match step.state {
             StepState::Success => (self.paint("32", "✔"), String::new()),
             StepState::Skipped => (self.paint("2", "–"), "skipped".to_owned()),
@@ -259,7 +259,7 @@ impl View {
             JobState::Cancelled => self.paint("33", "cancelled"),
             other => self.paint("31", other.as_str()),
         };
-        text.push_str(&format!("result: {result} in {}", format_duration(total)));
+        text.push_str(&format!("result: {result} in {}", outpost_time::format(total)));
         if let Some(f) = &job.failure {
             text.push_str(&format!(" ({}: {})", f.class, f.message));
         }
@@ -272,25 +272,9 @@ fn step_duration(step: &StepInfo) -> Option<Duration> {
     b.system_time().duration_since(a.system_time()).ok()
 }
 
-/// `0.4s`, `12.0s`, `3m05s`.
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs < 60.0 {
-        format!("{secs:.1}s")
-    } else {
-        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_duration(Duration::from_millis(400)), "0.4s");
-        assert_eq!(format_duration(Duration::from_secs(185)), "3m05s");
-    }
 
     #[test]
     fn step_lines_say_how_a_step_ended() {
@@ -301,13 +285,13 @@ mod tests {
             state: StepState::Failed,
             exit_code: Some(2),
             started_at: Some(outpost_protocol::Timestamp::from_unix_millis(1_000)),
-            finished_at: Some(outpost_protocol::Timestamp::from_unix_millis(1_300)),
+            finished_at: Some(outpost_protocol::Timestamp::from_unix_millis(13_340)),
             failure: None,
             log_offset: None,
         };
         assert_eq!(
             view.step_line(&step),
-            "✘ test                     0.3s  exit 2"
+            "✘ test                    12.3s  exit 2"
         );
     }
 }
