@@ -154,7 +154,7 @@ async fn compose_stack_runs_a_job_in_sibling_containers_and_tears_down_clean() {
     .await;
     let runner = registered.take().expect("found above");
     assert_eq!(runner.executor, "docker", "{runner:?}");
-    stack.runner_id = Some(runner.runner_id.clone());
+    stack.runner_id = Some(runner.runner_id.to_string());
     // The admin key from the environment reached the hub.
     let as_admin: RunnerList = http
         .bearer(admin_key)

@@ -134,3 +134,56 @@ async fn docker_runner_killed_mid_step_reattaches_and_the_job_ends_as_if_nothing
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_runner_and_hub_both_killed_mid_log_end_with_a_byte_exact_log_and_one_status() {
+    if !engine_or_skip().await {
+        return;
+    }
+    let mut hub = TestHub::start().await;
+    let org = hub.create_org(&unique("org")).await;
+    let mut runner = start_runner(&hub, &org, |b| b).await;
+    let job_id = hub.submit(&org, &inline_job(PHASES, &[])).await;
+    let phase1 = phase1_log();
+    wait_log(&hub, &org, &job_id, "holds phase 1", RUNNER_WAIT, |log| {
+        log.len() >= phase1.len()
+    })
+    .await;
+    let container = step_container(&job_id, 0).await;
+    let before = hub.job(&org, &job_id).await;
+
+    // Both die at once, mid-log; the step goes on alone and writes phase 2 while nobody reads.
+    hub.kill().await;
+    runner.process.sigkill().await;
+    touch_in(&container, "/tmp/go").await;
+    wait_until("the step's container ends on its own", RUNNER_WAIT, || {
+        let container = container.clone();
+        async move { !running(&container).await }
+    })
+    .await;
+
+    // The hub comes back from its log files and database; the runner from its state directory.
+    hub.restart().await;
+    runner.process.restart().await;
+    runner.process.wait_ready(RUNNER_WAIT).await;
+    let job = wait_ended(&hub, &org, &job_id).await;
+    assert_eq!(job.state, JobState::Success, "{job:#?}");
+    let states: Vec<StepState> = job.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Success, StepState::Success], "{job:#?}");
+    // One final status: the job was never handed out again or ended twice.
+    assert_eq!(job.runner_id.as_deref(), Some(runner.id.as_str()));
+    assert_eq!(job.started_at, before.started_at, "{job:#?}");
+    let expected = full_log();
+    let log = hub.log(&org, &job_id).await;
+    assert_eq!(
+        text(&log),
+        expected,
+        "the stored log is not the output, byte for byte"
+    );
+    assert_eq!(job.log_bytes, expected.len() as u64);
+    // What the hub holds survives one more restart as it is.
+    hub.restart().await;
+    assert_eq!(text(&hub.log(&org, &job_id).await), expected);
+    assert_eq!(hub.job(&org, &job_id).await.state, JobState::Success);
+    assert_nothing_left(&runner.id).await;
+}

@@ -293,3 +293,86 @@ async fn runner_killed_and_restarted_delivers_every_spooled_byte_and_the_result(
     // The orphaned step goes on polling; let it end (it dies writing to the dead pipe).
     touch(&flags.path().join("go2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_and_hub_both_killed_mid_log_end_with_every_byte_once_and_one_status() {
+    let mut hub = TestHub::start().await;
+    let org = hub.create_org(&unique("org")).await;
+    let mut runner = runner_for(&hub, &org, hub.url(), |b| b).await;
+    let flags = scratch();
+    let flags_var = flags.path().display().to_string();
+    let job_id = hub
+        .submit(&org, &inline_job(KILLED, &[("FLAGS", &flags_var)]))
+        .await;
+    let started = format!("{}start\n", step_header("produce", true));
+    wait_log(&hub, &org, &job_id, "shows the start", RUNNER_WAIT, |log| {
+        log == started.as_bytes()
+    })
+    .await;
+    // Phase 1 is produced; the hub dies while the log streams to it, the runner right after.
+    touch(&flags.path().join("go1"));
+    let spooled = format!("{started}{}", seq(1, 20000));
+    let spool_path = spool(&runner, &job_id);
+    wait_log(
+        &hub,
+        &org,
+        &job_id,
+        "has part of phase 1",
+        RUNNER_WAIT,
+        |log| log.len() > started.len(),
+    )
+    .await;
+    hub.kill().await;
+    wait_spooled(&spool_path, spooled.len()).await;
+    runner.sigkill().await;
+    let held = hub_log_len_after_restart(&mut hub, &org, &job_id).await;
+    assert!(
+        held >= started.len() as u64 && held <= spooled.len() as u64,
+        "after its kill the hub holds {held} bytes"
+    );
+
+    runner.restart().await;
+    let job = wait_ended(&hub, &org, &job_id).await;
+    assert_eq!(job.state, JobState::Error, "{job:#?}");
+    assert_eq!(
+        job.failure.as_ref().map(|f| f.class),
+        Some(FailureClass::Infrastructure),
+        "{job:#?}"
+    );
+    // Every spooled byte exactly once (what the hub had acknowledged before its kill was not
+    // sent again on top), then the runner's one line saying why.
+    let log = hub.log(&org, &job_id).await;
+    assert!(
+        log.starts_with(spooled.as_bytes()),
+        "the stored log is not the spooled output: {} of {} bytes, ending …{:?}",
+        log.len(),
+        spooled.len(),
+        text(&log[log.len().saturating_sub(200)..])
+    );
+    let note = text(&log[spooled.len()..]);
+    assert!(
+        note.ends_with('\n') && note.matches('\n').count() == 1 && note.contains("restarted"),
+        "after the spooled bytes the runner adds one line saying why, not {note:?}"
+    );
+    assert_eq!(job.log_bytes, log.len() as u64);
+    // One final status: it stays as it is through another hub restart.
+    let finished_at = job.finished_at;
+    hub.restart().await;
+    let again = hub.job(&org, &job_id).await;
+    assert_eq!(
+        (again.state, again.finished_at),
+        (JobState::Error, finished_at)
+    );
+    assert_eq!(hub.log(&org, &job_id).await, log);
+    touch(&flags.path().join("go2"));
+}
+
+/// Restarts a killed hub and answers how many log bytes of the job it holds.
+async fn hub_log_len_after_restart(
+    hub: &mut TestHub,
+    org: &outpost_testkit::Org,
+    job_id: &str,
+) -> u64 {
+    hub.restart().await;
+    hub.log(org, job_id).await.len() as u64
+}

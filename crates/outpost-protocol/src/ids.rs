@@ -34,6 +34,16 @@ macro_rules! id_type {
             }
         }
 
+        /// Reads as the string it is (paths, logs, file names); only construction is typed, so
+        /// a job id cannot stand where a lease id is expected.
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
