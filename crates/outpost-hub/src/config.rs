@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::HubError;
 
@@ -58,38 +58,14 @@ pub struct HubConfig {
     /// How the binary logs: `text` or `json`.
     pub log_format: LogFormat,
     /// How long a finished job (with its steps and log file) is kept after it ended, e.g.
-    /// `30days`, `12h`; `0` keeps jobs forever. Swept at start and then periodically.
-    #[serde(
-        deserialize_with = "retention_duration",
-        serialize_with = "humantime_serialize"
-    )]
+    /// `30days`, `12h` (or a number of seconds); `0` keeps jobs forever. Swept at start and
+    /// then periodically.
+    #[serde(with = "outpost_time::serde_duration")]
     pub job_retention: Duration,
 }
 
 /// The default `job_retention`: 30 days.
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-
-fn humantime_serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
-}
-
-/// A duration as humantime text (`30days`, `90m`); `0`, `none`, `off` and `forever` mean no
-/// limit (zero).
-fn retention_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    let text = text.trim();
-    if ["0", "none", "off", "forever"]
-        .iter()
-        .any(|word| text.eq_ignore_ascii_case(word))
-    {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration like `30days` or `12h` (or `0` for forever): {e}"
-        ))
-    })
-}
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -342,7 +318,11 @@ mod tests {
         );
         check(None, &[("OUTPOST_HUB_JOB_RETENTION", "0")], None);
         check(Some("job_retention = 0\n"), &[], None);
-        check(Some("job_retention = \"forever\"\n"), &[], None);
+        check(
+            Some("job_retention = 3600\n"),
+            &[],
+            Some(Duration::from_secs(3600)),
+        );
         let short = load(None, &[("OUTPOST_HUB_JOB_RETENTION", "2s")], &[]).expect("loads");
         assert_eq!(
             short.retention_sweep_interval(),

@@ -84,7 +84,8 @@ impl LogFiles {
         PathBuf::from(name)
     }
 
-    /// Opens the log directory `root`, creating it (mode 0700) when missing.
+    /// Opens the log directory `root`, creating it (mode 0700) when missing; its parent must
+    /// exist.
     pub fn open(root: &Path) -> Result<Self, LogFileError> {
         if !root.is_dir() {
             create_dir(root)?;
@@ -345,12 +346,9 @@ fn open_rw(path: &Path, create: bool) -> io::Result<File> {
 
 /// Creates a folder (mode 0700) and makes its name durable in its parent.
 fn create_dir(dir: &Path) -> Result<(), LogFileError> {
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
+        // Another thread or process made it first.
         Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) => return Err(io_error(dir, "create folder")(e)),
     }

@@ -199,8 +199,10 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
-        let logs = LogFiles::open(&LogFiles::root_for(path))?;
         let writer = open_connection(path).map_err(open_err)?;
+        // After the database, so a database path in a missing folder fails as it always did,
+        // instead of the log folder creating that folder.
+        let logs = LogFiles::open(&LogFiles::root_for(path))?;
         migrate(&writer, &logs).map_err(|e| match e {
             Fail::Sql(e) => open_err(e),
             Fail::Domain(e) => e,
