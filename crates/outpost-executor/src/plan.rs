@@ -1,19 +1,17 @@
 //! The rules every backend shares: which step runs after a failure or a cancel, and how the
-//! steps' outcomes add up to the job's. Kept here so that the process and Docker backends and the
-//! Kubernetes step wrapper cannot disagree.
+//! steps' outcomes add up to the job's. The `when` rule itself lives in `outpost-steprules`
+//! (std only), so that the process and Docker backends here and the Kubernetes step wrapper run
+//! the same code and cannot disagree.
 
 use std::time::Duration;
 
 use outpost_protocol::{Failure, FailureClass, JobResult, StepState};
+use outpost_steprules::History;
 
 use crate::model::{JobOutcome, StepOutcome, When, humanize};
 
 /// What to do with the next step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepDecision {
-    Run,
-    Skip,
-}
+pub use outpost_steprules::Decision as StepDecision;
 
 /// Tracks the steps of one job as they end, decides about the next ones, and adds the outcomes
 /// up to the job's ([`StepPlan::outcome`]).
@@ -21,9 +19,8 @@ pub enum StepDecision {
 pub struct StepPlan {
     /// Every recorded step outcome, in pipeline order.
     outcomes: Vec<StepOutcome>,
-    failed: bool,
-    /// A step was cancelled, or a cancel was seen between steps.
-    cancelled: bool,
+    /// What the shared `when` rule knows of the steps so far (failed, cancelled, job timeout).
+    history: History,
     /// A cancel seen between steps, before the step named here: no step was running, so no
     /// step's outcome says `cancelled`, but the job is.
     cancelled_before: Option<String>,
@@ -37,27 +34,27 @@ impl StepPlan {
 
     /// Whether a step with this `when` runs now.
     pub fn decide(&self, when: When) -> StepDecision {
-        if self.cancelled || self.job_timeout.is_some() {
-            return StepDecision::Skip;
-        }
-        let run = match when {
-            When::OnSuccess => !self.failed,
-            When::OnFailure => self.failed,
-            When::Always => true,
-        };
-        if run {
-            StepDecision::Run
-        } else {
-            StepDecision::Skip
-        }
+        self.history.decide(match when {
+            When::OnSuccess => outpost_steprules::When::OnSuccess,
+            When::OnFailure => outpost_steprules::When::OnFailure,
+            When::Always => outpost_steprules::When::Always,
+        })
     }
 
     /// Records how a step ended (in pipeline order).
     pub fn record(&mut self, outcome: &StepOutcome) {
-        match outcome.state {
-            StepState::Failed | StepState::TimedOut => self.failed = true,
-            StepState::Cancelled => self.cancelled = true,
-            _ => {}
+        use outpost_steprules::Outcome;
+        let rule = match outcome.state {
+            StepState::Success => Some(Outcome::Success),
+            StepState::Failed => Some(Outcome::Failed),
+            StepState::TimedOut => Some(Outcome::TimedOut),
+            StepState::Cancelled => Some(Outcome::Cancelled),
+            StepState::Skipped => Some(Outcome::Skipped),
+            // Not an ending; the rule has nothing to learn from it.
+            StepState::Pending | StepState::Running => None,
+        };
+        if let Some(rule) = rule {
+            self.history.record(rule);
         }
         self.outcomes.push(outcome.clone());
     }
@@ -65,19 +62,19 @@ impl StepPlan {
     /// Records a cancel seen between steps, before step `step` would have started: nothing more
     /// runs, and the job is `cancelled` even though no step was.
     pub fn record_cancel(&mut self, step: &str) {
-        self.cancelled = true;
+        self.history.record_cancel();
         self.cancelled_before.get_or_insert_with(|| step.to_owned());
     }
 
     /// Records that the whole job ran out of time ([`job_timeout_failure`]): nothing more runs,
     /// and the job is `timed_out` with this failure whatever its steps did.
     pub fn record_job_timeout(&mut self, failure: Failure) {
-        self.failed = true;
+        self.history.record_job_timeout();
         self.job_timeout.get_or_insert(failure);
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled
+        self.history.cancelled()
     }
 
     /// The outcomes recorded so far, in pipeline order.
