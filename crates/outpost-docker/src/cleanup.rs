@@ -14,9 +14,9 @@ use outpost_executor::JobId;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::job::{force_remove, list_containers, list_volumes};
-use crate::names::{Kind, labels, runner_filter};
-use crate::util::status_of;
+use crate::job::{force_remove, list_containers};
+use crate::names::{labels, runner_filter};
+use crate::util::{engine_message, status_of};
 
 /// The cleanups of this executor.
 #[derive(Debug, Default)]
@@ -76,69 +76,49 @@ impl Cleanups {
     }
 }
 
-/// Removes a job's containers, network and workspace volume (never its caches). Errors are
-/// logged: a sweep catches what is left. `quiet` is for the reset before a fresh run.
+/// Removes a job's containers (found by label: whichever process created them), then its network
+/// and workspace volume by name (never its caches). Errors are logged: a sweep catches what is
+/// left. `quiet` is for the reset before a fresh run.
 pub(crate) async fn remove_job_resources(
     docker: &Docker,
     runner_id: &str,
     job_id: &str,
+    network: Option<&str>,
+    workspace: Option<&str>,
     quiet: bool,
 ) {
     let filters = runner_filter(runner_id, &[(labels::JOB_ID, job_id)]);
     let report = |what: &str, e: &bollard::errors::Error| {
         if !quiet {
-            tracing::warn!(job_id, error = %e, "cleanup could not remove {what}");
+            tracing::warn!(job_id, error = %engine_message(e), "cleanup could not remove {what}");
         }
     };
-    match list_containers(docker, filters.clone()).await {
+    match list_containers(docker, filters).await {
         Ok(containers) => {
-            for id in containers.into_iter().filter_map(|c| c.id) {
-                if let Some(e) = force_remove(docker, &id).await {
-                    report(&format!("container {id}"), &e);
-                }
-            }
+            let removals = containers
+                .into_iter()
+                .filter_map(|c| c.id)
+                .map(|id| async move {
+                    if let Some(e) = force_remove(docker, &id).await {
+                        report(&format!("container {id}"), &e);
+                    }
+                });
+            futures_util::future::join_all(removals).await;
         }
         Err(e) => report("containers", &e),
     }
-    match docker
-        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
-            filters: Some(filters.clone()),
-        }))
-        .await
-    {
-        Ok(networks) => {
-            for id in networks.into_iter().filter_map(|n| n.id) {
-                if let Err(e) = docker.remove_network(&id).await
-                    && status_of(&e) != Some(404)
-                {
-                    report(&format!("network {id}"), &e);
-                }
-            }
-        }
-        Err(e) => report("networks", &e),
+    if let Some(network) = network.filter(|n| !n.is_empty()) {
+        crate::network::remove(docker, network).await;
     }
-    let workspace_filter = runner_filter(
-        runner_id,
-        &[
-            (labels::JOB_ID, job_id),
-            (labels::KIND, Kind::Workspace.as_str()),
-        ],
-    );
-    match list_volumes(docker, workspace_filter).await {
-        Ok(volumes) => {
-            for v in volumes {
-                if let Err(e) = docker
-                    .remove_volume(
-                        &v.name,
-                        None::<bollard::query_parameters::RemoveVolumeOptions>,
-                    )
-                    .await
-                    && status_of(&e) != Some(404)
-                {
-                    report(&format!("volume {}", v.name), &e);
-                }
-            }
-        }
-        Err(e) => report("volumes", &e),
+    if let Some(volume) = workspace
+        && let Err(e) = docker
+            .remove_volume(
+                volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        && status_of(&e) != Some(404)
+    {
+        report(&format!("volume {volume}"), &e);
     }
 }

@@ -9,12 +9,12 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, EndpointSettings, HostConfig, Mount, MountType,
-    NetworkCreateRequest, NetworkingConfig, VolumeCreateRequest,
+    NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
-    ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, UploadToContainerOptions,
+    WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -27,12 +27,20 @@ use tokio::time::Instant;
 
 use crate::auth::{self, ImageRef};
 use crate::config::{PullPolicy, ResourceRequest, Resources};
-use crate::names::{JobNames, Kind, job_labels, labels, runner_filter};
+use crate::names::{JobNames, Kind, job_labels, labels};
 use crate::timing::Timings;
 use crate::util::{engine_message, parse_rfc3339, status_of, unix_now};
 use crate::{Shared, workspace};
 
 type OutputFrames = Pin<Box<dyn Stream<Item = Result<LogOutput, EngineError>> + Send>>;
+
+/// Why the engine would not create a container.
+enum Refused {
+    /// Its image is missing and could not be made present: `image_pull`.
+    Image(Failure),
+    /// Its configuration (400: a relative cache path, say).
+    Config(String),
+}
 
 /// Why a running step was stopped from outside.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +61,11 @@ pub(crate) struct JobRun<'a> {
     pub(crate) names: JobNames,
     expires_at: u64,
     job_deadline: Option<Instant>,
-    network: String,
+    /// The name of the job's network (held in `Shared::networks` from setup on); empty until
+    /// setup chose it.
+    pub(crate) network: String,
+    /// This run's [`labels::ATTEMPT`], or the original run's when resumed.
+    attempt: String,
     /// (volume name, mount path) of the job's caches.
     pub(crate) caches: Vec<(String, String)>,
     workspace_ready: bool,
@@ -80,7 +92,8 @@ impl<'a> JobRun<'a> {
             job,
             events,
             cancel,
-            network: names.network.clone(),
+            network: String::new(),
+            attempt: new_attempt(),
             names,
             expires_at: 0,
             job_deadline: None,
@@ -127,12 +140,6 @@ impl<'a> JobRun<'a> {
         )
     }
 
-    fn job_filter(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
-        let mut extra = extra.to_vec();
-        extra.push((labels::JOB_ID, self.job.job_id.as_str()));
-        runner_filter(self.job.runner_id.as_str(), &extra)
-    }
-
     /// Runs the job (or takes it over at `resume`) and returns its outcome.
     pub(crate) async fn run(
         &mut self,
@@ -154,77 +161,152 @@ impl<'a> JobRun<'a> {
         outcome
     }
 
-    /// The network, the workspace volume and the cache volumes. A fresh run first removes what a
-    /// previous attempt of the same job may have left; a resumed run reuses it.
+    /// The network, the workspace volume and the cache volumes, made side by side. A resumed run
+    /// reuses the network and volume its job has (named on the volume); a fresh run that meets
+    /// the workspace volume of an earlier attempt of the same job removes what that attempt left.
     async fn setup(&mut self, resuming: bool) -> Result<(), ExecutorError> {
-        let docker = &self.shared.docker;
         let now = unix_now();
         self.expires_at = now + self.shared.config.default_expiry.as_secs();
         if let Some(t) = self.job.timeout {
             self.expires_at = now + t.as_secs();
             self.job_deadline = Some(Instant::now() + t);
         }
-        let t = Instant::now();
-        let existing = docker
-            .list_networks(Some(ListNetworksOptions {
-                filters: Some(self.job_filter(&[(labels::KIND, Kind::Network.as_str())])),
-            }))
-            .await
-            .map_err(|e| self.engine_err("list networks", &e))?;
+        let mut need_volume = true;
         if resuming {
-            if let Some(net) = existing.first() {
-                self.network = net.id.clone().unwrap_or_else(|| self.network.clone());
-                // The original deadline, not a new one from now.
-                let original = net
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(labels::EXPIRES_AT))
-                    .and_then(|v| v.parse::<u64>().ok());
-                if let (Some(exp), Some(_)) = (original, self.job.timeout) {
-                    self.expires_at = exp;
-                    self.job_deadline =
-                        Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)));
-                }
-            }
-            self.workspace_ready = docker.inspect_volume(&self.names.workspace).await.is_ok();
             // The previous process started the services before its first step container.
             self.services_tried = true;
-        } else {
+            let t = Instant::now();
+            let found = self.adopt(now).await?;
+            self.timings.reset = t.elapsed();
+            need_volume = !found;
+            if !self.network.is_empty() {
+                let t = Instant::now();
+                self.create_caches().await?;
+                self.timings.volumes = t.elapsed();
+                return Ok(());
+            }
+        }
+        let mut lease = self
+            .shared
+            .networks
+            .take(&self.shared.config, &self.job.runner_id);
+        self.network = lease.name.clone();
+        let docker = self.shared.docker.clone();
+        let t = Instant::now();
+        let network = async {
+            let ready = lease.ready(&docker).await;
+            (ready, t.elapsed())
+        };
+        let volumes = async {
+            let created = if need_volume {
+                self.create_workspace_volume(!resuming).await
+            } else {
+                Ok(())
+            };
+            let created = match created {
+                Ok(()) => self.create_caches().await,
+                Err(e) => Err(e),
+            };
+            (created, t.elapsed())
+        };
+        let ((network, network_took), (volumes, volumes_took)) = tokio::join!(network, volumes);
+        self.timings.network = network_took;
+        self.timings.volumes = volumes_took;
+        volumes?;
+        network.map_err(|message| ExecutorError::Engine {
+            backend: "docker",
+            action: format!("create network {}", self.network),
+            job_id: self.job.job_id.clone(),
+            message,
+        })
+    }
+
+    /// Takes over what the job's previous run left: the network and deadline named on its
+    /// workspace volume. `false` when the volume is gone.
+    async fn adopt(&mut self, now: u64) -> Result<bool, ExecutorError> {
+        let docker = &self.shared.docker;
+        let volume = match docker.inspect_volume(&self.names.workspace).await {
+            Ok(v) => v,
+            Err(e) if status_of(&e) == Some(404) => return Ok(false),
+            Err(e) => {
+                return Err(self.engine_err(format!("inspect volume {}", self.names.workspace), &e));
+            }
+        };
+        self.workspace_ready = true;
+        if let Some(attempt) = volume.labels.get(labels::ATTEMPT) {
+            self.attempt = attempt.clone();
+        }
+        // The original deadline, not a new one from now.
+        let original = volume
+            .labels
+            .get(labels::EXPIRES_AT)
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (Some(exp), Some(_)) = (original, self.job.timeout) {
+            self.expires_at = exp;
+            self.job_deadline = Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)));
+        }
+        if let Some(network) = volume.labels.get(labels::NETWORK) {
+            self.shared.networks.hold(network);
+            self.network = network.clone();
+        }
+        Ok(true)
+    }
+
+    /// Creates the workspace volume, naming the job's network and this attempt on it. With
+    /// `fresh`, a volume that names another attempt was left by an earlier run of the same job:
+    /// what that run left is removed, then the volume made anew (a step never sees an earlier
+    /// attempt's files).
+    async fn create_workspace_volume(&self, fresh: bool) -> Result<(), ExecutorError> {
+        let docker = &self.shared.docker;
+        let mut l = self.labels(Kind::Workspace);
+        l.insert(labels::NETWORK.to_owned(), self.network.clone());
+        l.insert(labels::ATTEMPT.to_owned(), self.attempt.clone());
+        let name = &self.names.workspace;
+        for _ in 0..2 {
+            let created = docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(name.clone()),
+                    labels: Some(l.clone()),
+                    ..Default::default()
+                })
+                .await;
+            let earlier = match created {
+                Ok(v) if !fresh || v.labels.get(labels::ATTEMPT) == Some(&self.attempt) => {
+                    return Ok(());
+                }
+                Ok(v) => v.labels,
+                // Engines that refuse to return an existing volume with other labels.
+                Err(e) if status_of(&e) == Some(409) => HashMap::new(),
+                Err(e) => return Err(self.engine_err(format!("create volume {name}"), &e)),
+            };
+            tracing::info!(job_id = %self.job.job_id, volume = %name,
+                "removing what an earlier attempt of this job left");
+            let network = earlier
+                .get(labels::NETWORK)
+                .filter(|n| !self.shared.networks.is_held(n));
             crate::cleanup::remove_job_resources(
                 docker,
                 self.job.runner_id.as_str(),
                 self.job.job_id.as_str(),
+                network.map(String::as_str),
+                Some(name),
                 true,
             )
             .await;
         }
-        self.timings.reset = t.elapsed();
-        let t = Instant::now();
-        if !resuming || existing.is_empty() {
-            let created = docker
-                .create_network(NetworkCreateRequest {
-                    name: self.names.network.clone(),
-                    driver: Some("bridge".to_owned()),
-                    labels: Some(self.labels(Kind::Network)),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    self.engine_err(format!("create network {}", self.names.network), &e)
-                })?;
-            self.network = created.id;
-        }
-        self.timings.network = t.elapsed();
-        let t = Instant::now();
-        docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(self.names.workspace.clone()),
-                labels: Some(self.labels(Kind::Workspace)),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| self.engine_err(format!("create volume {}", self.names.workspace), &e))?;
-        for (volume, _) in &self.caches {
+        Err(ExecutorError::Engine {
+            backend: "docker",
+            action: format!("create volume {name}"),
+            job_id: self.job.job_id.clone(),
+            message: "the volume of an earlier attempt of this job cannot be removed".to_owned(),
+        })
+    }
+
+    /// Creates the cache volumes (an existing one is returned unchanged: later jobs reuse it)
+    /// and records their use.
+    async fn create_caches(&self) -> Result<(), ExecutorError> {
+        let docker = &self.shared.docker;
+        let creations = self.caches.iter().map(|(volume, _)| {
             let mut l = self.labels(Kind::Cache);
             l.insert(labels::CACHE_SCOPE.to_owned(), self.job.cache_scope.clone());
             if let Some(c) = self
@@ -235,19 +317,22 @@ impl<'a> JobRun<'a> {
             {
                 l.insert(labels::CACHE_NAME.to_owned(), c.name.clone());
             }
-            // Creating an existing volume returns it unchanged: later jobs reuse the cache.
-            docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(volume.clone()),
-                    labels: Some(l),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| self.engine_err(format!("create cache volume {volume}"), &e))?;
+            async move {
+                docker
+                    .create_volume(VolumeCreateRequest {
+                        name: Some(volume.clone()),
+                        labels: Some(l),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| self.engine_err(format!("create cache volume {volume}"), &e))
+            }
+        });
+        for created in futures_util::future::join_all(creations).await {
+            created?;
         }
         let volumes: Vec<String> = self.caches.iter().map(|(v, _)| v.clone()).collect();
-        self.shared.cache_index.touch(&volumes, now).await;
-        self.timings.volumes = t.elapsed();
+        self.shared.cache_index.touch(&volumes, unix_now()).await;
         Ok(())
     }
 
@@ -302,9 +387,6 @@ impl<'a> JobRun<'a> {
                 ),
             )));
         };
-        if let Err(f) = self.ensure_image(image).await {
-            return Ok(Err(f));
-        }
         if !self.workspace_ready {
             let t = Instant::now();
             let helper = self
@@ -313,11 +395,11 @@ impl<'a> JobRun<'a> {
                 .helper_image
                 .clone()
                 .unwrap_or_else(|| image.to_owned());
-            if let Err(f) = self.ensure_image(&helper).await {
+            let copied = self.copy_workspace(&helper).await?;
+            self.timings.workspace_copy += t.elapsed();
+            if let Err(f) = copied {
                 return Ok(Err(f));
             }
-            self.copy_workspace(&helper).await?;
-            self.timings.workspace_copy += t.elapsed();
         }
         if !self.services_tried {
             self.services_tried = true;
@@ -366,11 +448,15 @@ impl<'a> JobRun<'a> {
         let t = Instant::now();
         let created = self.create_container(&name, body).await?;
         self.timings.create += t.elapsed();
-        if let Err(message) = created {
-            return Ok(Err(Failure::new(
-                FailureClass::Config,
-                format!("step `{}` cannot be created: {message}", step.name),
-            )));
+        match created {
+            Ok(()) => {}
+            Err(Refused::Image(f)) => return Ok(Err(f)),
+            Err(Refused::Config(message)) => {
+                return Ok(Err(Failure::new(
+                    FailureClass::Config,
+                    format!("step `{}` cannot be created: {message}", step.name),
+                )));
+            }
         }
         let t = Instant::now();
         let attached = self
@@ -422,29 +508,48 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    /// Creates a container, replacing a stale one of the same name. A refusal of the
-    /// container's configuration (400: a relative cache path, say) is `Ok(Err(message))`.
+    /// Creates a container, replacing a stale one of the same name, and making its image present
+    /// per the pull policy. Unless the policy is `always`, the image is looked for only when the
+    /// engine answers that something is missing (404): a present image, the common case, costs
+    /// no call of its own.
     async fn create_container(
-        &self,
+        &mut self,
         name: &str,
         body: ContainerCreateBody,
-    ) -> Result<Result<(), String>, ExecutorError> {
-        let docker = &self.shared.docker;
+    ) -> Result<Result<(), Refused>, ExecutorError> {
+        let image = body.image.clone().unwrap_or_default();
+        if self.shared.config.pull_policy == PullPolicy::Always
+            && let Err(f) = self.ensure_image(&image).await
+        {
+            return Ok(Err(Refused::Image(f)));
+        }
+        let docker = self.shared.docker.clone();
         let options = || CreateContainerOptions {
             name: Some(name.to_owned()),
             ..Default::default()
         };
-        let mut created = docker.create_container(Some(options()), body.clone()).await;
-        if let Err(e) = &created
-            && status_of(e) == Some(409)
-        {
-            force_remove(docker, name).await;
-            created = docker.create_container(Some(options()), body).await;
-        }
-        match created {
-            Ok(_) => Ok(Ok(())),
-            Err(e) if status_of(&e) == Some(400) => Ok(Err(engine_message(&e))),
-            Err(e) => Err(self.engine_err(format!("create {name}"), &e)),
+        let mut looked_for_image = false;
+        loop {
+            let mut created = docker.create_container(Some(options()), body.clone()).await;
+            if let Err(e) = &created
+                && status_of(e) == Some(409)
+            {
+                force_remove(&docker, name).await;
+                created = docker.create_container(Some(options()), body.clone()).await;
+            }
+            match created {
+                Ok(_) => return Ok(Ok(())),
+                Err(e) if status_of(&e) == Some(400) => {
+                    return Ok(Err(Refused::Config(engine_message(&e))));
+                }
+                Err(e) if status_of(&e) == Some(404) && !looked_for_image => {
+                    looked_for_image = true;
+                    if let Err(f) = self.ensure_image(&image).await {
+                        return Ok(Err(Refused::Image(f)));
+                    }
+                }
+                Err(e) => return Err(self.engine_err(format!("create {name}"), &e)),
+            }
         }
     }
 
@@ -526,19 +631,25 @@ impl<'a> JobRun<'a> {
     }
 
     /// Copies the checkout into the workspace volume through a container that is created (so the
-    /// volume is mounted) but never started: the image needs no binary at all.
-    async fn copy_workspace(&mut self, helper_image: &str) -> Result<(), ExecutorError> {
-        let dir = self.job.workspace.clone();
+    /// volume is mounted) but never started: the image needs no binary at all. An empty
+    /// checkout (an inline pipeline) needs no container. A helper image that cannot be made
+    /// present is the step's `image_pull` failure.
+    async fn copy_workspace(
+        &mut self,
+        helper_image: &str,
+    ) -> Result<Result<(), Failure>, ExecutorError> {
+        let job = self.job;
+        let dir = job.workspace.clone();
         let workspace_err = |source| ExecutorError::Workspace {
-            job_id: self.job.job_id.clone(),
+            job_id: job.job_id.clone(),
             path: dir.clone(),
             source,
         };
         if !workspace::has_content(&dir).await.map_err(workspace_err)? {
             self.workspace_ready = true;
-            return Ok(());
+            return Ok(Ok(()));
         }
-        let docker = &self.shared.docker;
+        let docker = self.shared.docker.clone();
         let name = self.names.helper();
         let body = ContainerCreateBody {
             image: Some(helper_image.to_owned()),
@@ -556,13 +667,17 @@ impl<'a> JobRun<'a> {
             }),
             ..Default::default()
         };
-        if let Err(message) = self.create_container(&name, body).await? {
-            return Err(ExecutorError::Engine {
-                backend: "docker",
-                action: format!("create the workspace helper {name}"),
-                job_id: self.job.job_id.clone(),
-                message,
-            });
+        match self.create_container(&name, body).await? {
+            Ok(()) => {}
+            Err(Refused::Image(f)) => return Ok(Err(f)),
+            Err(Refused::Config(message)) => {
+                return Err(ExecutorError::Engine {
+                    backend: "docker",
+                    action: format!("create the workspace helper {name}"),
+                    job_id: job.job_id.clone(),
+                    message,
+                });
+            }
         }
         let (archive, builder) = workspace::tar_stream(dir.clone());
         let uploaded = docker
@@ -576,7 +691,7 @@ impl<'a> JobRun<'a> {
             )
             .await;
         let built = builder.await;
-        force_remove(docker, &name).await;
+        force_remove(&docker, &name).await;
         match built {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(workspace_err(e)),
@@ -584,7 +699,7 @@ impl<'a> JobRun<'a> {
         }
         uploaded.map_err(|e| self.engine_err("copy the workspace into its volume", &e))?;
         self.workspace_ready = true;
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Starts one service (or finds it running after a restart).
@@ -593,12 +708,6 @@ impl<'a> JobRun<'a> {
         service: &ServiceSpec,
     ) -> Result<Result<(), Failure>, ExecutorError> {
         let name = self.names.service(&service.name);
-        if let Err(f) = self.ensure_image(&service.image).await {
-            return Ok(Err(Failure::new(
-                f.class,
-                format!("service `{}`: {}", service.name, f.message),
-            )));
-        }
         let resources = self
             .shared
             .config
@@ -629,11 +738,20 @@ impl<'a> JobRun<'a> {
             }),
             ..Default::default()
         };
-        if let Err(message) = self.create_container(&name, body).await? {
-            return Ok(Err(Failure::new(
-                FailureClass::Config,
-                format!("service `{}` cannot be created: {message}", service.name),
-            )));
+        match self.create_container(&name, body).await? {
+            Ok(()) => {}
+            Err(Refused::Image(f)) => {
+                return Ok(Err(Failure::new(
+                    f.class,
+                    format!("service `{}`: {}", service.name, f.message),
+                )));
+            }
+            Err(Refused::Config(message)) => {
+                return Ok(Err(Failure::new(
+                    FailureClass::Config,
+                    format!("service `{}` cannot be created: {message}", service.name),
+                )));
+            }
         }
         if let Err(e) = self.shared.docker.start_container(&name, None).await {
             return Ok(Err(Failure::new(
@@ -824,7 +942,8 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    /// The exit code (from wait) and `OOMKilled` (from inspect) of a step's exited container.
+    /// The exit code (from wait) and `OOMKilled` (from inspect) of a step's exited container. A
+    /// zero exit is a success whatever inspect would say, so it is not asked then.
     async fn exit_outcome(&self, step: &StepSpec, name: &str) -> Result<StepEnd, ExecutorError> {
         let docker = &self.shared.docker;
         let mut code: Option<i64> = None;
@@ -840,6 +959,9 @@ impl<'a> JobRun<'a> {
             Some(Err(e)) if status_of(&e) == Some(404) => {}
             Some(Err(e)) => return Err(self.engine_err(format!("wait for {name}"), &e)),
             None => {}
+        }
+        if code == Some(0) {
+            return Ok(StepEnd::of(StepOutcome::success()));
         }
         let inspected = match docker.inspect_container(name, None).await {
             Ok(i) => i,
@@ -979,6 +1101,16 @@ impl StepRunner for JobRun<'_> {
     async fn earlier_outcome(&mut self, step: &StepSpec) -> Result<StepOutcome, ExecutorError> {
         self.recall(step).await
     }
+}
+
+/// A value for [`labels::ATTEMPT`] that no other run has: time and a process-wide counter.
+fn new_attempt() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{nanos:x}-{n:x}", std::process::id())
 }
 
 fn gone(step: &StepSpec) -> StepOutcome {

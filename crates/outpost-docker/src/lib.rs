@@ -3,25 +3,51 @@
 //! remote Docker engine reached through bollard.
 //!
 //! # How a job runs
-//! - **Setup**: a fresh run first removes what an earlier attempt of the same job left (by label),
-//!   then creates the network `outpost-<job>-net`, the volume `outpost-<job>-workspace` and the
-//!   cache volumes `outpost-cache-<scope>-<name>` (reused by later jobs of the same scope and
-//!   cache name; creating an existing volume returns it unchanged).
+//! - **Setup**, side by side: the job's network (the runner's spare network if one is ready or
+//!   being made, else a new one, `outpost-net-<unique>`: see below), the volume
+//!   `outpost-<job>-workspace` and the cache volumes `outpost-cache-<scope>-<name>` (reused by
+//!   later jobs of the same scope and cache name; creating an existing volume returns it
+//!   unchanged). A workspace volume that names another attempt (`outpost.attempt`) was left by an
+//!   earlier run of the same job: what that run left is removed first, so a step never sees an
+//!   earlier attempt's files.
 //! - **Before the first step that runs**: the checkout (`job.workspace`, a host directory) is
 //!   copied into the workspace volume by uploading a tar archive into a helper container that
 //!   mounts the volume and is created but never started (so its image, by default the step's,
 //!   needs no binary), and the services start on the network with their name as alias. A failure
 //!   there (an image that cannot be pulled, say) is that step's failure.
-//! - **Each step**: image per the pull policy, then a container `outpost-<job>-step-<n>` running
-//!   `sh -c <run>` with no TTY and an init process, working directory `job.container_workspace`,
-//!   attached before it is started so no byte is lost; exit code from wait, `OOMKilled` from
-//!   inspect (`oom` when the exit code is non-zero too). Cancel and timeouts stop the container
-//!   (signal, [`DockerConfig::stop_grace`], kill); it is removed with the rest at cleanup.
-//! - **Cleanup**: when `run` returns, a task owned by the executor removes the job's containers,
-//!   network and workspace volume (caches stay). [`DockerExecutor::wait_for_cleanups`] awaits
-//!   them: call it before the runtime shuts down, or a cleanup may be cut short (the next sweep
-//!   then finishes it). When `run` fails with `EventsClosed` (the runner stopped reading), nothing
-//!   is cleaned up, as when its future is dropped.
+//! - **Each step**: a container `outpost-<job>-step-<n>` running `sh -c <run>` with no TTY and an
+//!   init process, working directory `job.container_workspace`, attached before it is started so
+//!   no byte is lost; exit code from wait, `OOMKilled` from inspect (asked only after a non-zero
+//!   exit; `oom` then). Images per the pull policy: `always` pulls before the first create (once
+//!   per job and image); otherwise the image is looked for only when the engine answers a create
+//!   with 404, so a present image costs no call. Cancel and timeouts stop the container (signal,
+//!   [`DockerConfig::stop_grace`], kill); it is removed with the rest at cleanup. The steps are
+//!   driven by the loop every backend shares ([`outpost_executor::StepDriver`]).
+//! - **Cleanup**: when `run` has returned its outcome, a task owned by the executor first makes
+//!   the runner's spare network for its next job, then removes the job's containers, network and
+//!   workspace volume (caches stay). [`DockerExecutor::wait_for_cleanups`] awaits these tasks,
+//!   [`Executor::shutdown`] too and then removes the spares: call one before the runtime shuts
+//!   down, or a cleanup may be cut short (the next sweep then finishes it). While a job's cleanup
+//!   is under way, `running_jobs` does not list the job, a sweep leaves its resources to the
+//!   cleanup, and a new run of the same job waits for it. When `run` fails with `EventsClosed`
+//!   (the runner stopped reading), nothing is cleaned up, as when its future is dropped.
+//!
+//! # One network per job, made ahead
+//! Creating a bridge network is most of the fixed cost of a job on the engine (a bridge device
+//! and its iptables rules, a tenth of a second or more). So after a job, the backend creates one
+//! spare network for the runner's next job, and the next job takes it. Every job still gets a
+//! network that no other job used, so jobs are as isolated as with a network made on the spot.
+//! A network's labels cannot change, so networks carry no `outpost.job-id`: the job's workspace
+//! volume names its network (`outpost.network`). A sweep keeps the networks this process holds
+//! (spares, and those of runs in progress) and those that a live job's volume names, and removes
+//! the rest.
+//!
+//! # Where the time goes
+//! Each run logs, when it returns, the time of each phase (setup, network, volumes, image,
+//! workspace copy, services, create, attach, start, output, delivery, exit) as a `debug` event
+//! of target [`TIMING_TARGET`] (message [`RUN_EVENT`], fields in microseconds, `…_us`); each
+//! cleanup logs its own ([`CLEANUP_EVENT`], `cleanup_us`). `cargo xtask bench` reads them from
+//! runner-docker's log for its breakdown.
 //!
 //! # Containers outlive the runner process
 //! Dropping the future of `run` (a runner killed or restarting) stops nothing: the step keeps
@@ -42,11 +68,12 @@
 //! wrapper script in every image, so environment variables it is.
 //!
 //! # Labels
-//! Everything carries `outpost.managed=true`, `outpost.runner-id`, `outpost.job-id`,
-//! `outpost.expires-at` (Unix seconds: the job's deadline, else creation plus
-//! [`DockerConfig::default_expiry`]) and `outpost.kind` (`step`, `service`, `helper` for the
-//! workspace copier, `workspace`, `cache`, `network`); step containers `outpost.step-index`,
-//! service containers `outpost.service`, cache volumes `outpost.cache-scope` and
+//! Everything carries `outpost.managed=true`, `outpost.runner-id`, `outpost.expires-at` (Unix
+//! seconds: the job's deadline, else creation plus [`DockerConfig::default_expiry`]) and
+//! `outpost.kind` (`step`, `service`, `helper` for the workspace copier, `workspace`, `cache`,
+//! `network`), and everything but networks `outpost.job-id`; step containers
+//! `outpost.step-index`, service containers `outpost.service`, the workspace volume
+//! `outpost.network` and `outpost.attempt`, cache volumes `outpost.cache-scope` and
 //! `outpost.cache-name`. Cache volumes carry the job that created them, but a sweep removes them
 //! by last use only (tracked by the backend, see [`DockerConfig::state_dir`]), never by job.
 //!
@@ -56,7 +83,7 @@
 //! the outcomes of the earlier steps, which it does not report again, from their exited containers
 //! for the `when` rules: exit code and `OOMKilled` are exact; a step that failed before its
 //! container existed (an image pull) reads as `infrastructure`, and an earlier timed-out step as
-//! a `script` failure. The job deadline is the original one (from the network's
+//! a `script` failure. The job deadline is the original one (from the workspace volume's
 //! `outpost.expires-at`); the step deadline counts from the container's start. A resumed step
 //! whose container is gone fails with class `infrastructure`.
 
@@ -67,6 +94,7 @@ mod config;
 mod error;
 mod job;
 mod names;
+mod network;
 mod timing;
 mod util;
 mod workspace;
@@ -91,6 +119,7 @@ use crate::caches::CacheIndex;
 use crate::cleanup::{Cleanups, remove_job_resources};
 use crate::job::{JobRun, force_remove, list_containers, list_volumes};
 use crate::names::runner_filter;
+use crate::network::Networks;
 use crate::util::{engine_message, parse_rfc3339, status_of, unix_now};
 
 /// What every job of this executor shares.
@@ -99,6 +128,7 @@ pub(crate) struct Shared {
     pub(crate) config: DockerConfig,
     pub(crate) cache_index: CacheIndex,
     pub(crate) docker_config_path: Option<PathBuf>,
+    pub(crate) networks: Networks,
 }
 
 /// The Docker backend.
@@ -165,6 +195,7 @@ impl DockerExecutor {
                 config,
                 cache_index,
                 docker_config_path,
+                networks: Networks::default(),
             }),
             cleanups: Cleanups::default(),
         })
@@ -180,9 +211,16 @@ impl DockerExecutor {
     }
 
     /// Waits until every cleanup started so far has finished: then nothing of a job whose run
-    /// returned is left on the engine (but its caches).
+    /// returned is left on the engine (but its caches), and the spare network for the next job
+    /// exists ([`DockerExecutor::spare_networks`]).
     pub async fn wait_for_cleanups(&self) {
         self.cleanups.wait_all().await;
+    }
+
+    /// The names of the spare networks this executor keeps for the next jobs (one per runner id
+    /// at most). They belong to no job; [`Executor::shutdown`] removes them.
+    pub fn spare_networks(&self) -> Vec<String> {
+        self.shared.networks.spares()
     }
 }
 
@@ -211,15 +249,33 @@ impl Executor for DockerExecutor {
         self.cleanups.wait_for(job.job_id.as_str()).await;
         let mut run = JobRun::new(&self.shared, &job, &events, &cancel);
         let result = run.run(resume).await;
+        let network = run.network.clone();
         if matches!(result, Err(ExecutorError::EventsClosed { .. })) {
             // The runner is shutting down: leave the containers for the next process.
+            self.shared.networks.release(&network);
             return result;
         }
         let shared = self.shared.clone();
         let caches: Vec<String> = run.caches.iter().map(|(v, _)| v.clone()).collect();
+        let workspace = run.names.workspace.clone();
         let (runner_id, job_id) = (job.runner_id.clone(), job.job_id.clone());
+        // After the outcome, not before: the runner reports the job meanwhile.
         self.cleanups.spawn(job.job_id.clone(), async move {
-            remove_job_resources(&shared.docker, runner_id.as_str(), job_id.as_str(), false).await;
+            // The spare first: the runner's next job may already be waiting for it.
+            shared
+                .networks
+                .refill(&shared.docker, &shared.config, &runner_id)
+                .await;
+            remove_job_resources(
+                &shared.docker,
+                runner_id.as_str(),
+                job_id.as_str(),
+                Some(&network),
+                Some(&workspace),
+                false,
+            )
+            .await;
+            shared.networks.release(&network);
             shared.cache_index.touch(&caches, unix_now()).await;
         });
         result
@@ -255,6 +311,19 @@ impl Executor for DockerExecutor {
         };
         let mut report = SweepReport::default();
         let filters = runner_filter(runner_id.as_str(), &[]);
+        // Listed first: a network names no job, the workspace volume of the job it serves does.
+        let volumes = list_volumes(docker, filters.clone())
+            .await
+            .map_err(|e| engine_error("list volumes", &e))?;
+        let network_jobs: HashMap<String, String> = volumes
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v.labels.get(labels::NETWORK)?.clone(),
+                    v.labels.get(labels::JOB_ID)?.clone(),
+                ))
+            })
+            .collect();
 
         let containers = list_containers(docker, filters.clone())
             .await
@@ -285,11 +354,25 @@ impl Executor for DockerExecutor {
             .await
             .map_err(|e| engine_error("list networks", &e))?;
         for n in &networks {
-            if !dead(n.labels.as_ref()) {
+            let name = n.name.clone().unwrap_or_default();
+            if self.shared.networks.is_held(&name) {
+                continue;
+            }
+            // Its job, by its own label (networks of older versions) or by the volume naming
+            // it; a network no job names is a spare of an earlier process.
+            let job = n
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::JOB_ID))
+                .or_else(|| network_jobs.get(&name));
+            if job.is_some_and(|j| live.is_live(j) || self.cleanups.is_pending(j)) {
                 continue;
             }
             let id = n.id.clone().unwrap_or_default();
-            let line = describe("network", &id, n.name.as_ref(), n.labels.as_ref());
+            let line = format!(
+                "network {name} (job {})",
+                job.map_or("none", String::as_str)
+            );
             match docker.remove_network(&id).await {
                 Ok(()) => report.removed.push(line),
                 Err(e) if status_of(&e) == Some(404) => {}
@@ -299,9 +382,6 @@ impl Executor for DockerExecutor {
             }
         }
 
-        let volumes = list_volumes(docker, filters)
-            .await
-            .map_err(|e| engine_error("list volumes", &e))?;
         let now = unix_now();
         let retention = self.shared.config.cache_retention.as_secs();
         for v in volumes {
@@ -352,6 +432,10 @@ impl Executor for DockerExecutor {
 
     async fn shutdown(&self) {
         self.wait_for_cleanups().await;
+        self.shared
+            .networks
+            .remove_spares(&self.shared.docker)
+            .await;
     }
 }
 

@@ -24,6 +24,12 @@ pub mod labels {
     /// The cache's scope and name, on cache volumes.
     pub const CACHE_SCOPE: &str = "outpost.cache-scope";
     pub const CACHE_NAME: &str = "outpost.cache-name";
+    /// The name of the job's network, on its workspace volume and containers (a network's own
+    /// labels name no job: it may have been made before its job arrived).
+    pub const NETWORK: &str = "outpost.network";
+    /// One run of a job, on its workspace volume: a volume with another value was left by an
+    /// earlier attempt of the same job.
+    pub const ATTEMPT: &str = "outpost.attempt";
 }
 
 /// The value of [`labels::KIND`].
@@ -63,10 +69,9 @@ pub fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// The names of one job's resources.
+/// The names of one job's resources (its network's is not the job's: see `network.rs`).
 #[derive(Debug, Clone)]
 pub struct JobNames {
-    pub network: String,
     pub workspace: String,
     container_base: String,
     volume_prefix: String,
@@ -76,7 +81,6 @@ impl JobNames {
     pub fn new(config: &DockerConfig, job_id: &str) -> Self {
         let job = sanitize(job_id);
         Self {
-            network: format!("{}{job}-net", config.network_prefix),
             workspace: format!("{}{job}-workspace", config.volume_prefix),
             container_base: format!("{}{job}", config.container_prefix),
             volume_prefix: config.volume_prefix.clone(),
@@ -113,10 +117,16 @@ pub fn job_labels(
     expires_at: u64,
     kind: Kind,
 ) -> HashMap<String, String> {
+    let mut l = runner_labels(runner_id, expires_at, kind);
+    l.insert(labels::JOB_ID.to_owned(), job_id.to_owned());
+    l
+}
+
+/// The labels of a resource of a runner that belongs to no job (yet): a network.
+pub fn runner_labels(runner_id: &str, expires_at: u64, kind: Kind) -> HashMap<String, String> {
     HashMap::from([
         (labels::MANAGED.to_owned(), "true".to_owned()),
         (labels::RUNNER_ID.to_owned(), runner_id.to_owned()),
-        (labels::JOB_ID.to_owned(), job_id.to_owned()),
         (labels::EXPIRES_AT.to_owned(), expires_at.to_string()),
         (labels::KIND.to_owned(), kind.as_str().to_owned()),
     ])
@@ -140,7 +150,6 @@ mod tests {
     fn names_are_recognisable_and_valid() {
         let n = JobNames::new(&DockerConfig::default(), "j_1/x");
         assert_eq!(n.step(2), "outpost-j_1-x-step-2");
-        assert_eq!(n.network, "outpost-j_1-x-net");
         assert_eq!(n.workspace, "outpost-j_1-x-workspace");
         assert_eq!(n.service("db"), "outpost-j_1-x-svc-db");
         assert_eq!(n.cache("org/repo", "cargo"), "outpost-cache-org-repo-cargo");

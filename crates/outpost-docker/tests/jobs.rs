@@ -84,7 +84,7 @@ async fn steps_share_the_workspace_and_reach_a_service_by_name() {
     );
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(leftovers(&ctx.docker, job_id.as_str()).await, (0, 0, 0));
+    assert_eq!(leftovers(&ctx, job_id.as_str()).await, (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +266,7 @@ async fn cancel_stops_the_step_and_leaves_nothing_behind() {
     assert_eq!(finished(&events, 1).state, StepState::Skipped);
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(leftovers(&ctx.docker, job_id.as_str()).await, (0, 0, 0));
+    assert_eq!(leftovers(&ctx, job_id.as_str()).await, (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,14 +307,8 @@ async fn step_and_job_timeouts_stop_everything_and_leave_nothing_behind() {
     assert_eq!(finished(&events, 1).state, StepState::Skipped);
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(
-        leftovers(&ctx.docker, step_job_id.as_str()).await,
-        (0, 0, 0)
-    );
-    assert_eq!(
-        leftovers(&ctx.docker, job_timeout_id.as_str()).await,
-        (0, 0, 0)
-    );
+    assert_eq!(leftovers(&ctx, step_job_id.as_str()).await, (0, 0, 0));
+    assert_eq!(leftovers(&ctx, job_timeout_id.as_str()).await, (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,4 +484,70 @@ async fn a_container_the_engine_refuses_is_a_config_failure() {
     let failure = finished(&events, 0).failure.expect("failure");
     assert_eq!(failure.class, FailureClass::Config, "{failure:?}");
     assert!(failure.message.contains("relative/path"), "{failure:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_job_takes_the_spare_network_and_shutdown_removes_it() {
+    let Some(ctx) = setup(config()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(
+        ctx.exec.spare_networks().is_empty(),
+        "no spare before a job"
+    );
+    let first = job(&ctx, dir.path(), vec![step(0, "true")]);
+    let (outcome, events) = run(&ctx.exec, first).await;
+    assert_eq!(
+        outcome.expect("runs").result,
+        JobResult::Success,
+        "{events:#?}"
+    );
+    let spare = ctx.exec.spare_networks();
+    assert_eq!(spare.len(), 1, "one spare once the first job ended");
+
+    // The second job's step container is on that spare network.
+    let second = job(&ctx, dir.path(), vec![step(0, "echo ready; sleep 300")]);
+    let job_id = second.job_id.clone();
+    let container = format!("outpost-{job_id}-step-0");
+    let cancel = CancellationToken::new();
+    let (tx, mut rx) = outpost_executor::event_channel();
+    let docker = ctx.docker.clone();
+    let look = async {
+        let mut seen = String::new();
+        while !seen.contains("ready") {
+            match rx.recv().await {
+                Some(ExecEvent::Output { data, .. }) => {
+                    seen.push_str(&String::from_utf8_lossy(&data));
+                }
+                Some(_) => {}
+                None => panic!("the job ended before its step was ready"),
+            }
+        }
+        let inspected = docker
+            .inspect_container(&container, None)
+            .await
+            .expect("inspect the step");
+        let mode = inspected.host_config.and_then(|h| h.network_mode);
+        cancel.cancel();
+        while rx.recv().await.is_some() {}
+        mode
+    };
+    let (outcome, mode) = tokio::join!(ctx.exec.run(second, None, tx, cancel.clone()), look);
+    assert_eq!(outcome.expect("runs").result, JobResult::Cancelled);
+    assert_eq!(mode.as_ref(), spare.first(), "the job ran on the spare");
+
+    ctx.exec.wait_for_cleanups().await;
+    assert_eq!(leftovers(&ctx, job_id.as_str()).await, (0, 0, 0));
+    let next = ctx.exec.spare_networks();
+    assert_eq!(next.len(), 1);
+    assert_ne!(next, spare, "a network serves one job only");
+
+    ctx.exec.shutdown().await;
+    assert!(ctx.exec.spare_networks().is_empty());
+    assert_eq!(
+        runner_networks(&ctx.docker, ctx.runner_id.as_str()).await,
+        Vec::<String>::new(),
+        "no network of the runner is left after shutdown"
+    );
 }

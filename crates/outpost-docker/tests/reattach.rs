@@ -117,7 +117,7 @@ async fn a_restarted_runner_takes_over_a_running_step_byte_exact() {
     assert_eq!(output(&events, 1, None), "after\n");
 
     ctx.exec.wait_for_cleanups().await;
-    assert_eq!(leftovers(&ctx.docker, job_id.as_str()).await, (0, 0, 0));
+    assert_eq!(leftovers(&ctx, job_id.as_str()).await, (0, 0, 0));
     assert!(
         ctx.exec
             .running_jobs(&ctx.runner_id)
@@ -209,6 +209,33 @@ async fn plant(docker: &bollard::Docker, runner: &str, job: &str, tag: &str) {
     }
 }
 
+/// A network as this version makes them (no job label) named `name`, and, for `job`, the
+/// workspace volume of that job naming it.
+async fn plant_network(docker: &bollard::Docker, runner: &str, job: Option<&str>, name: &str) {
+    let mut labels = planted_labels(runner, "", "network");
+    labels.remove("outpost.job-id");
+    docker
+        .create_network(NetworkCreateRequest {
+            name: name.to_owned(),
+            labels: Some(labels),
+            ..Default::default()
+        })
+        .await
+        .expect("plant a network");
+    if let Some(job) = job {
+        let mut labels = planted_labels(runner, job, "workspace");
+        labels.insert("outpost.network".to_owned(), name.to_owned());
+        docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(format!("{name}-workspace")),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .expect("plant a volume");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_removes_what_dead_jobs_of_this_runner_left() {
     let Some(ctx) = setup(DockerConfig {
@@ -228,6 +255,11 @@ async fn sweep_removes_what_dead_jobs_of_this_runner_left() {
     plant(docker, me, "dead-job", "a").await;
     plant(docker, me, "live-job", "b").await;
     plant(docker, other.runner_id.as_str(), "dead-job", "c").await;
+    // Networks name no job: the workspace volume of the job they serve does, or nothing does.
+    let net = |tag: &str| format!("outpost-net-{me}-{tag}");
+    plant_network(docker, me, Some("live-job"), &net("live")).await;
+    plant_network(docker, me, Some("dead-job"), &net("dead")).await;
+    plant_network(docker, me, None, &net("orphan")).await;
 
     let mut running = ctx
         .exec
@@ -240,18 +272,37 @@ async fn sweep_removes_what_dead_jobs_of_this_runner_left() {
     let live = HashSet::from([JobId::from("live-job")]);
     let report = ctx.exec.sweep(&ctx.runner_id, &live).await.expect("sweep");
     assert!(report.failed.is_empty(), "{report:?}");
-    // The dead job's container, network and workspace volume, and both cache volumes (a
-    // retention of zero: caches are kept by use, not by job liveness).
-    assert_eq!(report.removed.len(), 5, "{report:?}");
+    // The dead job's container, networks and workspace volumes, both cache volumes (a
+    // retention of zero: caches are kept by use, not by job liveness), and the orphan network.
+    assert_eq!(report.removed.len(), 8, "{report:?}");
+    assert!(
+        report
+            .removed
+            .contains(&format!("network {} (job dead-job)", net("dead"))),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .removed
+            .contains(&format!("network {} (job none)", net("orphan"))),
+        "{report:?}"
+    );
     assert_eq!(
-        leftovers(docker, "dead-job").await,
+        labelled(docker, "dead-job").await,
         (1, 1, 2),
         "the other runner's stay"
     );
     assert_eq!(
-        leftovers(docker, "live-job").await,
-        (1, 1, 1),
+        labelled(docker, "live-job").await,
+        (1, 1, 2),
         "the live job keeps all but its cache"
+    );
+    let mut networks = runner_networks(docker, me).await;
+    networks.sort();
+    assert_eq!(
+        networks,
+        ["outpost-live-job-b-net".to_owned(), net("live")],
+        "the live job keeps its networks"
     );
     assert_eq!(
         ctx.exec

@@ -178,8 +178,39 @@ pub fn started(events: &[ExecEvent], index: u32) -> bool {
         .any(|e| matches!(e, ExecEvent::StepStarted { index: i, .. } if *i == index))
 }
 
-/// What of a job is still on the engine: (containers, networks, volumes) labelled with it.
-pub async fn leftovers(docker: &Docker, job_id: &str) -> (usize, usize, usize) {
+/// What of a job is still on the engine once its cleanup is over: (containers, networks,
+/// volumes). Containers and volumes carry the job's id; a network carries none (it may have been
+/// made before its job), so every network of the test's runner counts but the executor's spares.
+pub async fn leftovers(ctx: &Ctx, job_id: &str) -> (usize, usize, usize) {
+    let (containers, _, volumes) = labelled(&ctx.docker, job_id).await;
+    let spares = ctx.exec.spare_networks();
+    let networks = runner_networks(&ctx.docker, ctx.runner_id.as_str())
+        .await
+        .into_iter()
+        .filter(|n| !spares.contains(n))
+        .count();
+    (containers, networks, volumes)
+}
+
+/// The names of the networks labelled with runner `runner_id`.
+pub async fn runner_networks(docker: &Docker, runner_id: &str) -> Vec<String> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![format!("outpost.runner-id={runner_id}")],
+    )]);
+    docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .expect("list networks")
+        .into_iter()
+        .filter_map(|n| n.name)
+        .collect()
+}
+
+/// (containers, networks, volumes) labelled with job `job_id`, whichever runner made them.
+pub async fn labelled(docker: &Docker, job_id: &str) -> (usize, usize, usize) {
     let filters = std::collections::HashMap::from([(
         "label".to_owned(),
         vec![format!("outpost.job-id={job_id}")],
