@@ -37,6 +37,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--no-fail-fast",
         ]),
     )?;
+    deploy_checks()?;
     if skip_deny {
         println!("xtask ci: dependency policy skipped (--no-deny)");
     } else {
@@ -75,6 +76,24 @@ fn test_images() -> anyhow::Result<()> {
         "deployment images",
         cargo(&["xtask", "images", "--profile", "dev", "--no-build"]),
     )
+}
+
+/// The Helm chart and the Kubernetes manifests (deploy/check.py: lint, offline render, strict
+/// schema validation, drift of deploy/kubernetes, and the pod specs the k8s tests dumped, which is
+/// why it runs after the tests). It makes its own virtualenv under the target directory.
+fn deploy_checks() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?;
+    if Command::new("python3").arg("--version").output().is_err() {
+        bail!(
+            "python3 not found: the deployment checks (deploy/check.py) need Python 3.11 or newer with venv and pip"
+        );
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(root.join("deploy").join("check.py"))
+        .current_dir(root);
+    step("deployment checks", cmd)
 }
 
 fn cargo(args: &[&str]) -> Command {
