@@ -664,6 +664,9 @@ def as_objects(data, name: str) -> list[dict]:
 if __name__ == "__main__":
     if os.environ.get(INNER) == "1":
         sys.exit(main_inner())
+    unknown = [a for a in sys.argv[1:] if a != "--write"]
+    if unknown:
+        sys.exit(f"usage: python3 deploy/check.py [--write]   (unknown: {' '.join(unknown)})")
     if sys.version_info < (3, 11):
         sys.exit(f"deploy/check.py needs Python 3.11 or newer (tomllib), this is {sys.version.split()[0]}")
     bootstrap()
