@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use outpost_cli::{Cli, CliError};
+use outpost_cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -13,10 +13,7 @@ async fn main() -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("outpost: {e}");
-            ExitCode::from(match e {
-                CliError::Usage(_) | CliError::Read { .. } | CliError::Pipeline(_) => 2,
-                _ => 1,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }

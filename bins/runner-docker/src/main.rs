@@ -4,13 +4,10 @@
 //! is outpost-docker's `DockerConfig`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use clap::Parser;
-use outpost_agent::{Backend, BackendContext, RunnerArgs};
-use outpost_docker::{DockerConfig, DockerExecutor};
-use outpost_executor::Executor;
+use outpost_agent::RunnerArgs;
+use outpost_docker::DockerBackend;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,37 +20,11 @@ struct Cli {
     runner: RunnerArgs,
 }
 
-struct Docker;
-
-#[async_trait]
-impl Backend for Docker {
-    const KIND: &'static str = "docker";
-    type Config = DockerConfig;
-
-    async fn start(
-        config: &DockerConfig,
-        ctx: &BackendContext,
-    ) -> Result<Arc<dyn Executor>, String> {
-        let mut config = config.clone();
-        // The cache-use index lives with the rest of the runner's state unless configured.
-        config
-            .state_dir
-            .get_or_insert_with(|| ctx.state_dir.clone());
-        let executor = DockerExecutor::connect(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Arc::new(executor))
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match outpost_agent::run::<Docker>(cli.runner).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("runner-docker: {e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
+    outpost_agent::exit(
+        "runner-docker",
+        outpost_agent::run::<DockerBackend>(cli.runner).await,
+    )
 }

@@ -139,9 +139,30 @@ pub enum CliError {
     /// The hub answered with an error or could not be reached.
     #[error("{0}")]
     Hub(#[from] outpost_client::ClientError),
-    /// The embedded hub or runner of `outpost run` failed.
-    #[error("{0}")]
-    Local(String),
+    /// The embedded hub of `outpost run` could not start.
+    #[error("embedded hub: {0}")]
+    EmbeddedHub(#[from] outpost_hub::HubError),
+    /// The local runner of `outpost run` could not start (its backend, its state directory).
+    #[error("local runner: {0}")]
+    Runner(#[from] outpost_agent::AgentError),
+    /// A local file, directory or port of `outpost run` could not be used.
+    #[error("cannot {action}: {source}")]
+    Io {
+        action: String,
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    /// The exit code of `outpost` for this error: 2 for usage and input errors, the runner's
+    /// code (docs/runner.md) when the local runner cannot start, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Read { .. } | CliError::Pipeline(_) => 2,
+            CliError::Runner(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 /// Runs a command; `Ok(true)` when it succeeded (for `run` and `submit --follow`: the job

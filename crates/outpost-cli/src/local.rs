@@ -2,16 +2,17 @@
 //! runner with the best available backend, the pipeline submitted inline, and the live view.
 //! Ctrl-C cancels the job (and still shows how it ended).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_agent::{AgentConfig, Backend, RunnerParts};
 use outpost_client::{ClientConfig, HubClient};
+use outpost_docker::DockerBackend;
 use outpost_executor::Executor;
 use outpost_hub::{Hub, HubConfig};
 use outpost_pipeline::Pipeline;
+use outpost_process::ProcessBackend;
 use outpost_protocol::{JobState, SubmitJobRequest};
-use outpost_scheduler::{Scheduler, SchedulerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::{CliError, ExecutorChoice, RunArgs};
@@ -27,20 +28,34 @@ pub async fn run(args: RunArgs) -> Result<bool, CliError> {
     let temp;
     let dir = match &args.state_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| local(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|source| CliError::Io {
+                action: format!("create {}", dir.display()),
+                source,
+            })?;
             dir.clone()
         }
         None => {
             temp = tempfile::Builder::new()
                 .prefix("outpost-run-")
                 .tempdir()
-                .map_err(|e| local(format!("cannot create a temporary directory: {e}")))?;
+                .map_err(|source| CliError::Io {
+                    action: "create a temporary directory".to_owned(),
+                    source,
+                })?;
             temp.path().to_owned()
         }
     };
 
-    let (executor, why) = choose_backend(args.executor, &pipeline, &dir).await?;
+    // The local runner's settings: a runner's defaults (outpost-agent), with its state in the
+    // run's directory and no drain grace.
+    let runner_config = AgentConfig::<()> {
+        name: "outpost-run".to_owned(),
+        state_dir: dir.join("runner"),
+        secrets_dir: args.secrets_dir.clone(),
+        drain_grace: Duration::ZERO,
+        ..AgentConfig::default()
+    };
+    let (executor, why) = choose_backend(args.executor, &pipeline, &runner_config).await?;
     eprintln!(
         "outpost: running {} with the {} backend ({why})",
         args.pipeline.display(),
@@ -52,36 +67,32 @@ pub async fn run(args: RunArgs) -> Result<bool, CliError> {
         database: dir.join("hub.db"),
         ..HubConfig::default()
     };
-    let hub = Hub::open(config)
-        .await
-        .map_err(|e| local(format!("embedded hub: {e}")))?;
+    let hub = Hub::open(config).await?;
     // A kept --state-dir already has the org; the hub's admin key reaches it either way.
     let _ = hub.create_org(ORG).await;
     let api_key = hub.admin_key().to_owned();
-    let (_, runner_token) = hub
-        .create_runner_token(ORG, "outpost run")
-        .await
-        .map_err(|e| local(format!("embedded hub: {e}")))?;
+    let (_, runner_token) = hub.create_runner_token(ORG, "outpost run").await?;
+    let loopback = |source| CliError::Io {
+        action: "listen on a loopback port".to_owned(),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| local(format!("cannot listen on a loopback port: {e}")))?;
-    let url = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| local(e.to_string()))?
-    );
+        .map_err(loopback)?;
+    let url = format!("http://{}", listener.local_addr().map_err(loopback)?);
     let hub_shutdown = CancellationToken::new();
     let hub_task = tokio::spawn(hub.serve(listener, hub_shutdown.clone()));
 
-    // The local runner.
-    let runner_client = HubClient::new(ClientConfig::new(&url, runner_token))?;
-    let mut scheduler_config = SchedulerConfig::new("outpost-run", dir.join("runner"));
-    scheduler_config.secrets_dir = args.secrets_dir.clone();
-    scheduler_config.drain_grace = Duration::ZERO;
-    scheduler_config.version = env!("CARGO_PKG_VERSION").to_owned();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let scheduler = Scheduler::new(scheduler_config, runner_client, executor, &mut registry)
-        .map_err(|e| local(format!("local runner: {e}")))?;
-    let runner = scheduler.handle();
+    // The local runner, built as the runner binaries build theirs.
+    let runner_config = AgentConfig {
+        hub: Some(url.clone()),
+        ..runner_config
+    };
+    let RunnerParts {
+        scheduler,
+        handle: runner,
+        ..
+    } = outpost_agent::compose(&runner_config, runner_token, executor)?;
     let runner_task = tokio::spawn(scheduler.run());
 
     // Submit and watch; Ctrl-C asks the hub to cancel, and the view shows how the job ended.
@@ -116,45 +127,38 @@ pub async fn run(args: RunArgs) -> Result<bool, CliError> {
 async fn choose_backend(
     choice: ExecutorChoice,
     pipeline: &Pipeline,
-    dir: &Path,
+    config: &AgentConfig<()>,
 ) -> Result<(Arc<dyn Executor>, &'static str), CliError> {
     let all_images = pipeline
         .steps
         .iter()
         .all(|s| s.effective_image(pipeline).is_some());
-    let docker = || async {
-        let config = outpost_docker::DockerConfig {
-            state_dir: Some(dir.join("runner")),
-            ..Default::default()
-        };
-        outpost_docker::DockerExecutor::connect(config).await
-    };
     match choice {
-        ExecutorChoice::Process => Ok((process(dir), "chosen with --executor")),
-        ExecutorChoice::Docker => match docker().await {
-            Ok(d) => Ok((Arc::new(d), "chosen with --executor")),
-            Err(e) => Err(local(format!("the docker backend is not available: {e}"))),
-        },
+        ExecutorChoice::Process => Ok((
+            start::<ProcessBackend>(config).await?,
+            "chosen with --executor",
+        )),
+        ExecutorChoice::Docker => Ok((
+            start::<DockerBackend>(config).await?,
+            "chosen with --executor",
+        )),
         ExecutorChoice::Auto if !all_images => Ok((
-            process(dir),
+            start::<ProcessBackend>(config).await?,
             "not every step names an image; use --executor docker to insist",
         )),
-        ExecutorChoice::Auto => match docker().await {
-            Ok(d) => Ok((Arc::new(d), "a docker engine answered")),
-            Err(_) => Ok((process(dir), "no docker engine answered")),
+        ExecutorChoice::Auto => match start::<DockerBackend>(config).await {
+            Ok(d) => Ok((d, "a docker engine answered")),
+            Err(_) => Ok((
+                start::<ProcessBackend>(config).await?,
+                "no docker engine answered",
+            )),
         },
     }
 }
 
-fn process(dir: &Path) -> Arc<dyn Executor> {
-    let runner = dir.join("runner");
-    Arc::new(outpost_process::ProcessExecutor::new(
-        outpost_process::ProcessConfig::new(runner.join("work"), runner.join("cache")),
-    ))
-}
-
-fn local(message: String) -> CliError {
-    CliError::Local(message)
+/// Starts backend `B` with its default section, as a runner binary with no `[executor]` would.
+async fn start<B: Backend>(config: &AgentConfig<()>) -> Result<Arc<dyn Executor>, CliError> {
+    Ok(outpost_agent::start_backend::<B, _>(config, &B::Config::default()).await?)
 }
 
 /// The embedded hub and runner log only warnings unless RUST_LOG asks for more, so the live

@@ -200,7 +200,9 @@ impl View {
     }
 
     fn step_line(&self, step: &StepInfo) -> String {
-        let took = step_duration(step).map(outpost_time::format).unwrap_or_default();
+        let took = step_duration(step)
+            .map(outpost_time::format)
+            .unwrap_or_default();
         let (mark, detail) = match step.state {
             StepState::Success => (self.paint("32", "✔"), String::new()),
             StepState::Skipped => (self.paint("2", "–"), "skipped".to_owned()),
@@ -259,7 +261,10 @@ impl View {
             JobState::Cancelled => self.paint("33", "cancelled"),
             other => self.paint("31", other.as_str()),
         };
-        text.push_str(&format!("result: {result} in {}", outpost_time::format(total)));
+        text.push_str(&format!(
+            "result: {result} in {}",
+            outpost_time::format(total)
+        ));
         if let Some(f) = &job.failure {
             text.push_str(&format!(" ({}: {})", f.class, f.message));
         }

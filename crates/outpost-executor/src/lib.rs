@@ -15,6 +15,7 @@
 //!
 //! This crate pulls in no I/O stack: backends depend on it, never the other way round.
 
+mod backend;
 mod driver;
 mod model;
 mod plan;
@@ -25,6 +26,7 @@ use async_trait::async_trait;
 pub use outpost_protocol::{JobId, RunnerId};
 pub use tokio_util::sync::CancellationToken;
 
+pub use crate::backend::{Backend, BackendEnv};
 pub use crate::driver::{StepDriver, StepEnd, StepRunner};
 pub use crate::model::*;
 pub use crate::plan::{StepDecision, StepPlan, job_outcome, job_timeout_failure};

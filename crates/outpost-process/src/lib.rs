@@ -53,6 +53,7 @@
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
 compile_error!("outpost-process needs waitid(2) with WNOWAIT: Linux, Android or FreeBSD");
 
+mod backend;
 mod env;
 mod group;
 mod step;
@@ -70,6 +71,7 @@ use outpost_executor::{
 };
 use outpost_protocol::{Failure, FailureClass, JobResult};
 
+pub use crate::backend::{ProcessBackend, ProcessSection};
 pub use crate::env::{BASE_ENV_VARS, base_env_from_runner, cache_env_name};
 pub use crate::sweep::MARKER_SUFFIX;
 
