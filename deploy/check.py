@@ -110,18 +110,19 @@ def bootstrap() -> None:
         }
     )
     command = [str(python), str(Path(__file__).resolve()), *sys.argv[1:]]
+    # OUTPOST_DEPLOY_CHECK_NETNS=0 skips the network namespace (e.g. inside a container that may
+    # not make one); nothing below opens a connection either way.
     unshare = shutil.which("unshare")
-    offline = False
-    if unshare and os.environ.get("OUTPOST_DEPLOY_CHECK_NETNS", "1") != "0":
-        probe = subprocess.run([unshare, "-n", "true"], capture_output=True)
-        if probe.returncode == 0:
+    why = "OUTPOST_DEPLOY_CHECK_NETNS=0"
+    if os.environ.get("OUTPOST_DEPLOY_CHECK_NETNS", "1") != "0":
+        why = "`unshare -n` is not available here (not root?)"
+        if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True).returncode == 0:
             command = [unshare, "-n", *command]
-            offline = True
-    if offline:
+            why = ""
+    if not why:
         print("deploy/check.py: checking in a network namespace of its own (no network)", flush=True)
     else:
-        print("deploy/check.py: note: `unshare -n` not available (not root?): checking with the network "
-              "reachable; nothing below opens a connection", flush=True)
+        print(f"deploy/check.py: note: {why}: checking with the network reachable", flush=True)
     sys.stdout.flush()
     os.execve(command[0], command, env)
 
