@@ -23,6 +23,8 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         let mut file = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
         file.write_all(bytes)
             .map_err(|e| Error::io("write", &temp, e))?;
+        // Closed before the rename: once the name appears, nothing touches the file any more.
+        drop(file);
         // Readers in other containers see the rename at once (one kernel); syncing to disk would
         // only matter after a node crash, which ends the pod anyway.
         std::fs::rename(&temp, path).map_err(|e| Error::io("rename into place", path, e))
@@ -61,7 +63,9 @@ mod tests {
     fn errors_name_the_path() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("missing").join("0.done");
-        let err = write(&path, b"x").expect_err("no such directory").to_string();
+        let err = write(&path, b"x")
+            .expect_err("no such directory")
+            .to_string();
         assert!(
             err.starts_with(&format!(
                 "cannot create `{}{}`: ",

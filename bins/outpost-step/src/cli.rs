@@ -31,7 +31,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Copy this executable to `<dir>/outpost-step`.
-    Install { dir: PathBuf },
+    Install {
+        dir: PathBuf,
+    },
     /// Extract a tar stream from stdin into `dir`, then write `marker` if given.
     Receive {
         dir: PathBuf,
@@ -40,7 +42,9 @@ pub enum Command {
     /// Wait for the previous step, decide, run the step, write its marker.
     Run(RunArgs),
     /// Internal: clear the signal mask and exec `command` (how `run` starts a step).
-    Exec { command: Vec<OsString> },
+    Exec {
+        command: Vec<OsString>,
+    },
     Help,
     Version,
 }
@@ -88,11 +92,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, Error> {
         }
         "run" => run_args(rest).map(Command::Run),
         EXEC_SUBCOMMAND => match rest.split_first() {
-            Some((dashes, command)) if dashes == "--" && !command.is_empty() => {
-                Ok(Command::Exec {
-                    command: command.to_vec(),
-                })
-            }
+            Some((dashes, command)) if dashes == "--" && !command.is_empty() => Ok(Command::Exec {
+                command: command.to_vec(),
+            }),
             _ => Err(usage("`_exec` needs `--` and a command")),
         },
         "help" | "--help" | "-h" => Ok(Command::Help),
@@ -315,7 +317,10 @@ mod tests {
     /// text, with `expected`.
     #[track_caller]
     fn check(line: &str, expected: &str) {
-        let args = line.split(' ').filter(|a| !a.is_empty()).map(OsString::from);
+        let args = line
+            .split(' ')
+            .filter(|a| !a.is_empty())
+            .map(OsString::from);
         let got = match parse(args.collect()) {
             Ok(c) => format!("{c:?}"),
             Err(e) => e.to_string(),
@@ -365,7 +370,10 @@ mod tests {
             "run --index 0 --markers /m",
             "`run` needs `--` followed by the command to run",
         );
-        check("run --index 0 --markers /m --", "`run` needs a command after `--`");
+        check(
+            "run --index 0 --markers /m --",
+            "`run` needs a command after `--`",
+        );
         check("run --markers /m -- true", "`run` needs `--index <n>`");
         check("run --index 0 -- true", "`run` needs `--markers <dir>`");
         check(
@@ -405,7 +413,9 @@ mod tests {
         for (text, expected) in ok {
             assert_eq!(parse_duration(text), Ok(expected), "{text}");
         }
-        for bad in ["", "s", "5", "1.5s", "5x", "30s1m", "1s1s", "-5s", "5 s", "1ms5s"] {
+        for bad in [
+            "", "s", "5", "1.5s", "5x", "30s1m", "1s1s", "-5s", "5 s", "1ms5s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
         assert_eq!(

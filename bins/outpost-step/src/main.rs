@@ -161,6 +161,12 @@ fn receive(dir: &std::path::Path, marker: Option<&std::path::Path>) -> i32 {
             "state=success exit=0 entries={} bytes={}\n",
             summary.entries, summary.bytes
         );
+        // The markers directory of the steps, which may not exist yet in a fresh volume.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(parent)
+        {
+            return fail(&error::Error::io("create directory", parent, e));
+        }
         if let Err(e) = atomic::write(path, text.as_bytes()) {
             return fail(&e);
         }

@@ -37,12 +37,12 @@ pub fn extract(input: impl Read, root: &Path) -> Result<Summary, Error> {
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     while let Some(entry) = reader.next_entry().map_err(tar_error)? {
         summary.entries += 1;
-        let Some(rel) = relative(&entry)? else {
+        let Some(rel) = relative(&entry.path, &entry, "its path")? else {
             // `.` or `./`: the root itself, which exists and keeps its own mode.
             continue;
         };
         let path = root.join(&rel);
-        prepare_parents(root, &rel, &entry)?;
+        prepare_parents(root, &rel, &entry, "it", true)?;
         match &entry.kind {
             Kind::Dir => {
                 match fs::symlink_metadata(&path) {
@@ -89,22 +89,14 @@ pub fn extract(input: impl Read, root: &Path) -> Result<Summary, Error> {
                     .map_err(|e| Error::io("create the symbolic link", &path, e))?;
             }
             Kind::HardLink { target } => {
-                let target_entry = Entry {
-                    path: target.clone(),
-                    ..entry.clone()
-                };
-                let Some(target_rel) = relative(&target_entry)? else {
+                let Some(target_rel) = relative(target, &entry, "its link target")? else {
                     return Err(refused(&entry, "it is a hard link to the root directory"));
                 };
-                prepare_parents(root, &target_rel, &target_entry)?;
+                prepare_parents(root, &target_rel, &entry, "its link target", false)?;
                 clear(&path, &entry)?;
                 let source = root.join(&target_rel);
                 fs::hard_link(&source, &path).map_err(|e| Error::Io {
-                    what: format!(
-                        "cannot link `{}` to `{}`",
-                        path.display(),
-                        source.display()
-                    ),
+                    what: format!("cannot link `{}` to `{}`", path.display(), source.display()),
                     source: e,
                 })?;
             }
@@ -118,32 +110,39 @@ pub fn extract(input: impl Read, root: &Path) -> Result<Summary, Error> {
     Ok(summary)
 }
 
-/// The entry's path as components under the root, `None` for the root itself.
-fn relative(entry: &Entry) -> Result<Option<PathBuf>, Error> {
-    let path = &entry.path;
+/// `path` (the entry's path or link target, `what` in messages) as components under the root,
+/// `None` for the root itself.
+fn relative(path: &[u8], entry: &Entry, what: &str) -> Result<Option<PathBuf>, Error> {
     if path.is_empty() {
-        return Err(refused(entry, "its path is empty"));
+        return Err(refused(entry, &format!("{what} is empty")));
     }
     if path.contains(&0) {
-        return Err(refused(entry, "its path holds a NUL"));
+        return Err(refused(entry, &format!("{what} holds a NUL")));
     }
     if path.starts_with(b"/") {
-        return Err(refused(entry, "its path is absolute"));
+        return Err(refused(entry, &format!("{what} is absolute")));
     }
     let mut rel = PathBuf::new();
     for part in path.split(|&b| b == b'/') {
         match part {
             b"" | b"." => {}
-            b".." => return Err(refused(entry, "its path contains `..`")),
+            b".." => return Err(refused(entry, &format!("{what} contains `..`"))),
             part => rel.push(OsStr::from_bytes(part)),
         }
     }
     Ok((!rel.as_os_str().is_empty()).then_some(rel))
 }
 
-/// Makes sure every parent of `rel` under `root` is a real directory (creating missing ones),
-/// never a symbolic link: what is written must stay inside `root`.
-fn prepare_parents(root: &Path, rel: &Path, entry: &Entry) -> Result<(), Error> {
+/// Makes sure every parent of `rel` under `root` is a real directory (creating missing ones when
+/// `create`), never a symbolic link: what is written or linked must stay inside `root`. `what`
+/// starts messages ("it", "its link target").
+fn prepare_parents(
+    root: &Path,
+    rel: &Path,
+    entry: &Entry,
+    what: &str,
+    create: bool,
+) -> Result<(), Error> {
     let mut dir = root.to_path_buf();
     let parents: Vec<_> = rel.components().collect();
     for part in &parents[..parents.len().saturating_sub(1)] {
@@ -154,7 +153,7 @@ fn prepare_parents(root: &Path, rel: &Path, entry: &Entry) -> Result<(), Error> 
                 return Err(refused(
                     entry,
                     &format!(
-                        "it would be written through the symbolic link `{}`",
+                        "{what} goes through the symbolic link `{}`",
                         dir.strip_prefix(root).unwrap_or(&dir).display()
                     ),
                 ));
@@ -168,7 +167,7 @@ fn prepare_parents(root: &Path, rel: &Path, entry: &Entry) -> Result<(), Error> 
                     ),
                 ));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => create_dir(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => create_dir(&dir)?,
             Err(e) => return Err(Error::io("inspect", &dir, e)),
         }
     }
@@ -179,10 +178,7 @@ fn prepare_parents(root: &Path, rel: &Path, entry: &Entry) -> Result<(), Error> 
 /// directory there is an error rather than a tree removed.
 fn clear(path: &Path, entry: &Entry) -> Result<(), Error> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(refused(
-            entry,
-            "a directory of that name is already there",
-        )),
+        Ok(m) if m.is_dir() => Err(refused(entry, "a directory of that name is already there")),
         Ok(_) => remove(path),
         Err(_) => Ok(()),
     }

@@ -378,7 +378,7 @@ fn signal_group(pgid: Pid, signal: Signal) {
 /// `90s`, `1m30s`, `500ms`: how a duration reads in the wrapper's notes.
 fn show(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let secs = d.as_secs();

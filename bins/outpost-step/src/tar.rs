@@ -247,10 +247,7 @@ impl<R: Read> Reader<R> {
             io::copy(&mut (&mut self.inner).take(n), &mut io::sink()).map_err(TarError::Io)?;
         self.offset += skipped;
         if skipped < n {
-            return Err(self.format(
-                start,
-                "the stream ended inside an entry's data".to_owned(),
-            ));
+            return Err(self.format(start, "the stream ended inside an entry's data".to_owned()));
         }
         Ok(())
     }
@@ -469,7 +466,10 @@ mod tests {
     fn entry(out: &mut Vec<u8>, h: [u8; BLOCK], data: &[u8]) {
         out.extend_from_slice(&h);
         out.extend_from_slice(data);
-        out.resize(out.len() + (padded(data.len() as u64) as usize - data.len()), 0);
+        out.resize(
+            out.len() + (padded(data.len() as u64) as usize - data.len()),
+            0,
+        );
     }
 
     fn end(out: &mut Vec<u8>) {
@@ -514,7 +514,11 @@ mod tests {
         let mut a = Vec::new();
         let mut name = long.clone().into_bytes();
         name.push(0);
-        entry(&mut a, header(b"././@LongLink", b'L', name.len() as u64, false), &name);
+        entry(
+            &mut a,
+            header(b"././@LongLink", b'L', name.len() as u64, false),
+            &name,
+        );
         entry(&mut a, header(b"d/d/d/trunc", b'0', 1, false), b"x");
         let target = "t/".repeat(70);
         entry(
@@ -540,7 +544,11 @@ mod tests {
         );
         entry(&mut a, header(b"short", b'0', 2, true), b"px");
         let g = record("comment", "hello");
-        entry(&mut a, header(b"global", b'g', g.len() as u64, true), g.as_bytes());
+        entry(
+            &mut a,
+            header(b"global", b'g', g.len() as u64, true),
+            g.as_bytes(),
+        );
         entry(&mut a, header(b"after", b'0', 0, true), b"");
         end(&mut a);
         check(
@@ -580,7 +588,10 @@ mod tests {
             "a file \"abc\" 644\nerror at 1024: the stream ended before the end-of-archive \
              marker (truncated?)",
         );
-        check(&a[..100], "error at 0: the stream ended inside a header (100 of 512 bytes)");
+        check(
+            &a[..100],
+            "error at 0: the stream ended inside a header (100 of 512 bytes)",
+        );
         check(
             b"",
             "error at 0: the stream ended before the end-of-archive marker (truncated?)",
@@ -599,10 +610,16 @@ mod tests {
         );
         let mut sparse = Vec::new();
         entry(&mut sparse, header(b"s", b'S', 0, false), b"");
-        check(&sparse, "error at 0: entry `s` has the unsupported type `S`");
+        check(
+            &sparse,
+            "error at 0: entry `s` has the unsupported type `S`",
+        );
         let mut pax_bad = Vec::new();
         entry(&mut pax_bad, header(b"p", b'x', 9, true), b"99 path=x");
-        check(&pax_bad, "error at 0: its pax header has a malformed record");
+        check(
+            &pax_bad,
+            "error at 0: its pax header has a malformed record",
+        );
         let mut huge = Vec::new();
         entry(&mut huge, header(b"L", b'L', MAX_META + 1, false), b"");
         check(
@@ -617,8 +634,15 @@ mod tests {
         assert_eq!(numeric(b"  644 \0"), Some(0o644));
         assert_eq!(numeric(b"\0\0\0"), Some(0));
         assert_eq!(numeric(b"0009"), None);
-        assert_eq!(numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]), Some(1 << 32));
+        assert_eq!(
+            numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Some(1 << 32)
+        );
         assert_eq!(numeric(&[0xff, 0xff]), None);
-        assert_eq!(numeric(&[0x81, 0, 0, 0, 0, 0, 0, 0, 0]), None, "overflows u64");
+        assert_eq!(
+            numeric(&[0x81, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "overflows u64"
+        );
     }
 }
