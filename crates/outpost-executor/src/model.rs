@@ -219,7 +219,7 @@ impl StepOutcome {
                 outpost_protocol::FailureClass::Timeout,
                 format!(
                     "step `{step}` was stopped because the job timed out after {}",
-                    humanize(after)
+                    outpost_time::format(after)
                 ),
             )),
         }
@@ -231,7 +231,7 @@ impl StepOutcome {
             exit_code: None,
             failure: Some(Failure::new(
                 outpost_protocol::FailureClass::Timeout,
-                format!("step `{step}` timed out after {}", humanize(after)),
+                format!("step `{step}` timed out after {}", outpost_time::format(after)),
             )),
         }
     }
@@ -242,24 +242,4 @@ impl StepOutcome {
 pub struct JobOutcome {
     pub result: JobResult,
     pub failure: Option<Failure>,
-}
-
-/// `90s`, `10m`, `1h30m`: the form durations take in the pipeline file.
-pub fn humanize(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use outpost_protocol::{Failure, FailureClass, JobResult, StepState};
 use outpost_steprules::History;
 
-use crate::model::{JobOutcome, StepOutcome, When, humanize};
+use crate::model::{JobOutcome, StepOutcome, When};
 
 /// What to do with the next step.
 pub use outpost_steprules::Decision as StepDecision;
@@ -103,7 +103,7 @@ impl StepPlan {
 pub fn job_timeout_failure(after: Duration) -> Failure {
     Failure::new(
         FailureClass::Timeout,
-        format!("the job timed out after {}", humanize(after)),
+        format!("the job timed out after {}", outpost_time::format(after)),
     )
 }
 
@@ -276,14 +276,5 @@ mod tests {
             o.failure.map(|f| f.message),
             Some("step `a` exited with code 3".to_owned())
         );
-    }
-
-    #[test]
-    fn humanized_durations() {
-        use crate::model::humanize;
-        use std::time::Duration;
-        assert_eq!(humanize(Duration::from_secs(90)), "1m30s");
-        assert_eq!(humanize(Duration::from_secs(3600)), "1h");
-        assert_eq!(humanize(Duration::from_millis(250)), "250ms");
     }
 }

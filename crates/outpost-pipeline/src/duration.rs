@@ -70,21 +70,18 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-/// Formats a duration in the form [`parse`] reads (whole seconds; `0s` for zero).
+/// Formats a duration in the form [`parse`] reads (pipeline durations are whole seconds and
+/// never zero, which `outpost_time::format` writes as `1h30m`, `90s`, …).
 pub(crate) fn format(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
+    outpost_time::format(d)
+}
+
+/// `serialize_with` for `Duration`: the same text form as the file (`1h30m`).
+pub(crate) fn serialize<S: serde::Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format(*value))
 }
 
 /// `serialize_with` for `Option<Duration>`: the same text form as the file (`1h30m`).
@@ -154,6 +151,6 @@ mod tests {
             assert_eq!(parse(&format(d)), Ok(d), "{text}");
         }
         assert_eq!(format(Duration::from_secs(5400)), "1h30m");
-        assert_eq!(format(Duration::ZERO), "0s");
+        assert_eq!(format(Duration::from_secs(90)), "1m30s");
     }
 }
