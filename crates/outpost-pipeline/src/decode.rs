@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::tree::{Kind, Node, Pos, Scalar, ScalarType};
-use crate::{Cache, MAX_STEP_NAME_CHARS, Pipeline, Service, Step, When, duration};
+use crate::{
+    Cache, DEFAULT_READY_INTERVAL, DEFAULT_READY_TIMEOUT, MAX_STEP_NAME_CHARS, Pipeline, Readiness,
+    ReadyCheck, Resources, Service, Step, When, duration, quantity,
+};
 
 const TOP_KEYS: &[&str] = &[
     "version",
@@ -17,8 +20,18 @@ const TOP_KEYS: &[&str] = &[
     "caches",
     "steps",
 ];
-const STEP_KEYS: &[&str] = &["name", "image", "run", "env", "timeout", "when"];
-const SERVICE_KEYS: &[&str] = &["name", "image", "env", "command"];
+const STEP_KEYS: &[&str] = &[
+    "name",
+    "image",
+    "run",
+    "env",
+    "timeout",
+    "when",
+    "resources",
+];
+const SERVICE_KEYS: &[&str] = &["name", "image", "env", "command", "ready"];
+const RESOURCES_KEYS: &[&str] = &["cpu", "memory"];
+const READY_KEYS: &[&str] = &["command", "tcp", "timeout", "interval"];
 const CACHE_KEYS: &[&str] = &["name", "path"];
 const WHEN_VALUES: &[&str] = &["on_success", "on_failure", "always"];
 
@@ -439,12 +452,14 @@ impl Decoder {
                 Some(v) => self.env_map(v, &format!("`env` of {label}"), &BTreeMap::new()),
             };
             let command = f.get("command").map(|v| self.command(v, &label));
+            let ready = f.get("ready").and_then(|v| self.readiness(v, &label));
             if let (Some(name), Some(image)) = (name, image) {
                 services.push(Service {
                     name,
                     image,
                     env,
                     command,
+                    ready,
                 });
             }
         }
@@ -706,6 +721,7 @@ impl Decoder {
                 None => When::OnSuccess,
                 Some(v) => self.when(v, &label).unwrap_or_default(),
             };
+            let resources = f.get("resources").and_then(|v| self.resources(v, &label));
             if let (Some(name), Some(run)) = (name, run) {
                 steps.push(Step {
                     name,
@@ -714,6 +730,7 @@ impl Decoder {
                     env,
                     timeout,
                     when,
+                    resources,
                 });
             }
         }
@@ -756,6 +773,181 @@ impl Decoder {
         }
         names.insert(name.clone(), node.pos);
         Some(name)
+    }
+
+    /// A step's `resources`; `None` when empty (or invalid, after reporting).
+    fn resources(&mut self, node: &Node, label: &str) -> Option<Resources> {
+        let what = format!("`resources` of {label}");
+        match &node.kind {
+            Kind::Map(_) => {}
+            Kind::Scalar(s) if s.ty == ScalarType::Null => return None,
+            _ => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be a mapping, like `{{ cpu: 500m, memory: 512Mi }}`, found {}",
+                        describe(node)
+                    ),
+                );
+                return None;
+            }
+        }
+        let f = self.fields(node, &format!("in {what}"), RESOURCES_KEYS);
+        let cpu = f.get("cpu").and_then(|v| {
+            self.quantity(
+                v,
+                &format!("`cpu` in {what}"),
+                "`2` or `500m`",
+                quantity::parse_cpu,
+            )
+        });
+        let memory = f.get("memory").and_then(|v| {
+            self.quantity(
+                v,
+                &format!("`memory` in {what}"),
+                "`512Mi` or `1Gi`",
+                quantity::parse_memory,
+            )
+        });
+        (cpu.is_some() || memory.is_some()).then_some(Resources {
+            cpu_millis: cpu,
+            memory_bytes: memory,
+        })
+    }
+
+    /// A CPU or memory quantity, read by `parse` from the scalar's text as written.
+    fn quantity(
+        &mut self,
+        node: &Node,
+        what: &str,
+        example: &str,
+        parse: fn(&str) -> Result<u64, String>,
+    ) -> Option<u64> {
+        let text = match &node.kind {
+            Kind::Scalar(s) if s.ty == ScalarType::Null => {
+                self.error(node.pos, format!("{what} is empty"));
+                return None;
+            }
+            Kind::Scalar(s) => &s.text,
+            _ => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be a quantity, like {example}, found {}",
+                        describe(node)
+                    ),
+                );
+                return None;
+            }
+        };
+        match parse(text) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.error(node.pos, format!("{what}: {message}"));
+                None
+            }
+        }
+    }
+
+    /// A service's `ready`; `None` when empty (or invalid, after reporting).
+    fn readiness(&mut self, node: &Node, label: &str) -> Option<Readiness> {
+        let what = format!("`ready` of {label}");
+        match &node.kind {
+            Kind::Map(_) => {}
+            Kind::Scalar(s) if s.ty == ScalarType::Null => return None,
+            _ => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be a mapping, like `{{ tcp: 5432 }}` or \
+                         `{{ command: \"pg_isready -U postgres\" }}`, found {}",
+                        describe(node)
+                    ),
+                );
+                return None;
+            }
+        }
+        let f = self.fields(node, &format!("in {what}"), READY_KEYS);
+        let (command_node, tcp_node) = (f.get("command"), f.get("tcp"));
+        // Each value is checked even when the combination is wrong, so that every problem
+        // shows at once.
+        let command = command_node.and_then(|v| {
+            let key = format!("`command` in {what}");
+            match self.text(v, &key) {
+                Some(c) if c.trim().is_empty() => {
+                    self.error(v.pos, format!("{key} is empty"));
+                    None
+                }
+                other => other,
+            }
+        });
+        let tcp = tcp_node.and_then(|v| self.port(v, &format!("`tcp` in {what}")));
+        let timeout = match f.get("timeout") {
+            None => Some(DEFAULT_READY_TIMEOUT),
+            Some(v) => self.duration(v, &format!("`timeout` in {what}")),
+        };
+        let interval = match f.get("interval") {
+            None => Some(DEFAULT_READY_INTERVAL),
+            Some(v) => self.duration(v, &format!("`interval` in {what}")),
+        };
+        let check = match (command_node, tcp_node) {
+            (Some(_), Some(second)) => {
+                self.error(
+                    second.pos,
+                    format!("{what} has both `command` and `tcp`; give one of them"),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} needs `command` (run in the service's container) or `tcp` (a \
+                         port of the service to connect to)"
+                    ),
+                );
+                None
+            }
+            (Some(_), None) => command.map(ReadyCheck::Command),
+            (None, Some(_)) => tcp.map(ReadyCheck::Tcp),
+        };
+        let (check, timeout, interval) = (check?, timeout?, interval?);
+        if interval > timeout {
+            let at = f.get("interval").map_or(node.pos, |v| v.pos);
+            self.error(
+                at,
+                format!(
+                    "`interval` in {what} ({}) is longer than its `timeout` ({})",
+                    duration::format(interval),
+                    duration::format(timeout)
+                ),
+            );
+            return None;
+        }
+        Some(Readiness {
+            check,
+            timeout,
+            interval,
+        })
+    }
+
+    /// A TCP port, 1 to 65535.
+    fn port(&mut self, node: &Node, what: &str) -> Option<u16> {
+        let text = self.text(node, what)?;
+        match text.parse::<u16>() {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be a port number from 1 to 65535, found `{}` (the port of \
+                         the service itself: its host is the service)",
+                        text.escape_debug()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn when(&mut self, node: &Node, label: &str) -> Option<When> {

@@ -49,6 +49,7 @@
 //! | `env` | env mapping | empty | added to (and overriding) `variables` for this step |
 //! | `timeout` | duration | none | limit for this step |
 //! | `when` | `on_success`, `on_failure` or `always` | `on_success` | `on_success`: runs while no earlier step failed; `on_failure`: only once one has; `always`: in both cases |
+//! | `resources` | mapping | none (the runner's defaults) | CPU and memory the step asks for, see below |
 //!
 //! ## A service
 //!
@@ -58,6 +59,38 @@
 //! | `image` | image | required | |
 //! | `env` | env mapping | empty | |
 //! | `command` | list of strings | the image's own | arguments replacing the image's command, like `[redis-server, --port, "6380"]` |
+//! | `ready` | mapping | none (ready once started) | how the runner tells that the service is ready before the first step starts, see below |
+//!
+//! ## Resources of a step
+//!
+//! ```yaml
+//! resources: { cpu: 500m, memory: 512Mi }
+//! ```
+//!
+//! | key | type | default | rules |
+//! | --- | --- | --- | --- |
+//! | `cpu` | CPU quantity | none | more than zero, in whole millicores |
+//! | `memory` | memory quantity | none | at least `1Mi` |
+//!
+//! Both are optional; an empty mapping means none. The runner holds them to its own maxima, and
+//! each backend applies them its way (a container's limits, a pod's requests and limits).
+//!
+//! ## Readiness of a service
+//!
+//! ```yaml
+//! services:
+//!   - { name: db, image: postgres:16, ready: { command: "pg_isready -U postgres", timeout: 60s } }
+//!   - { name: cache, image: redis:7, ready: { tcp: 6379, timeout: 30s, interval: 2s } }
+//! ```
+//!
+//! | key | type | default | rules |
+//! | --- | --- | --- | --- |
+//! | `command` | string | | a shell command run inside the service's container (`sh -c`); ready once it exits 0 |
+//! | `tcp` | number | | a port of the service, 1 to 65535; ready once a TCP connection to it is accepted |
+//! | `timeout` | duration | `60s` | how long the service may take; past it, the job fails |
+//! | `interval` | duration | `1s` | the pause between two tries; not longer than `timeout` |
+//!
+//! Exactly one of `command` and `tcp`. Without `ready`, a service counts as ready once started.
 //!
 //! ## A cache
 //!
@@ -76,6 +109,14 @@
 //! - **duration**: whole hours, minutes and seconds in that order, each at most once: `90s`,
 //!   `10m`, `1h`, `1h30m`, `1h30m15s`. Zero, negative, fractional, unit-less (`90`) and
 //!   longer than `168h` (7 days) are errors.
+//! - **CPU quantity**: Kubernetes' syntax: a number of CPUs (`2`, `1.5`, `0.25`) or of
+//!   millicores (`500m`), stored in millicores. Exponents (`1e3`) and anything finer than `1m`
+//!   are errors.
+//! - **memory quantity**: Kubernetes' syntax: a number of bytes with an optional unit, `k`, `M`,
+//!   `G`, `T`, `P`, `E` (powers of 1000) or `Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei` (powers of 1024):
+//!   `512Mi`, `1Gi`, `1.5Gi`, `100M`; stored in bytes, which must come out whole. `512MB`,
+//!   `512m` (thousandths of a byte) and a bare `512` (bytes, under the `1Mi` minimum) are errors
+//!   that suggest the likely meaning.
 //! - **env mapping**: a mapping from names to values. Names match `[A-Za-z_][A-Za-z0-9_]*`
 //!   (lowercase is allowed, as POSIX shells allow it); values are strings, numbers or booleans
 //!   (read as written), never lists, mappings or empty. Secret names follow the same rule.
@@ -95,6 +136,7 @@
 mod decode;
 mod duration;
 mod error;
+mod quantity;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -103,6 +145,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::error::PipelineError;
+pub use crate::quantity::{MIN_MEMORY, parse_cpu, parse_memory};
 
 /// The file the runner reads from a repository when none is named.
 pub const DEFAULT_FILE_NAME: &str = ".outpost.yml";
@@ -149,6 +192,8 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     /// Arguments replacing the image's command, if given.
     pub command: Option<Vec<String>>,
+    /// How to tell that the service is ready; `None`: it is taken as ready once started.
+    pub ready: Option<Readiness>,
 }
 
 /// A cache volume, kept between jobs of the same pipeline and cache name.
@@ -176,7 +221,49 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// When the step runs, given the outcome of the steps before it.
     pub when: When,
+    /// CPU and memory the step asks for; `None` leaves it to the runner's defaults.
+    pub resources: Option<Resources>,
 }
+
+/// CPU and memory a step asks for, as Kubernetes quantities in the file (`cpu: 500m`,
+/// `memory: 512Mi`). The runner holds them to its maxima; what a backend makes of them (a
+/// container's limit, a pod's requests and limits) is the backend's to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    /// CPU in millicores (`2` is 2000, `1.5` is 1500, `500m` is 500); never 0.
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes (`512Mi` is 536870912, `100M` is 100000000); at least 1 MiB.
+    pub memory_bytes: Option<u64>,
+}
+
+/// How the runner tells that a service is ready, before the first step starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// What is tried.
+    #[serde(flatten)]
+    pub check: ReadyCheck,
+    /// How long the service may take to become ready; past it, the job fails.
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+    /// The pause between two tries.
+    #[serde(serialize_with = "duration::serialize")]
+    pub interval: Duration,
+}
+
+/// One readiness check of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyCheck {
+    /// A shell command run inside the service's container (`sh -c`); ready once it exits 0.
+    Command(String),
+    /// Ready once a TCP connection to this port of the service is accepted.
+    Tcp(u16),
+}
+
+/// The readiness `timeout` when the file gives none.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The readiness `interval` when the file gives none.
+pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
@@ -192,13 +279,20 @@ pub enum When {
 }
 
 impl When {
-    /// Whether a step with this condition runs, given whether an earlier step failed.
+    /// Whether a step with this condition runs, given whether an earlier step failed; the rule
+    /// every backend applies (`outpost_steprules`), asked here rather than written again.
     pub fn runs(self, earlier_failed: bool) -> bool {
-        match self {
-            When::OnSuccess => !earlier_failed,
-            When::OnFailure => earlier_failed,
-            When::Always => true,
+        use outpost_steprules::{Decision, History, Outcome};
+        let mut history = History::new();
+        if earlier_failed {
+            history.record(Outcome::Failed);
         }
+        let rule = match self {
+            When::OnSuccess => outpost_steprules::When::OnSuccess,
+            When::OnFailure => outpost_steprules::When::OnFailure,
+            When::Always => outpost_steprules::When::Always,
+        };
+        history.decide(rule) == Decision::Run
     }
 
     /// The spelling in the file: `on_success`, `on_failure` or `always`.

@@ -61,6 +61,7 @@ fn design_example_parses_to_the_model() {
             image: "postgres:16".into(),
             env: map(&[("POSTGRES_PASSWORD", "test")]),
             command: None,
+            ready: None,
         }],
         caches: vec![Cache {
             name: "cargo".into(),
@@ -74,6 +75,7 @@ fn design_example_parses_to_the_model() {
                 env: map(&[("CARGO_HOME", "/cache/cargo")]),
                 timeout: Some(Duration::from_secs(600)),
                 when: When::OnSuccess,
+                resources: None,
             },
             Step {
                 name: "notify".into(),
@@ -82,6 +84,7 @@ fn design_example_parses_to_the_model() {
                 env: BTreeMap::new(),
                 timeout: None,
                 when: When::Always,
+                resources: None,
             },
         ],
     };
@@ -96,7 +99,7 @@ fn design_example_parses_to_the_model() {
     assert_eq!(got.step("notify").map(|s| s.when), Some(When::Always));
     check(
         EXAMPLE,
-        r#"{"version":1,"image":"alpine:3.20","variables":{"RUST_LOG":"info"},"secrets":["DEPLOY_TOKEN"],"timeout":"30m","services":[{"name":"db","image":"postgres:16","env":{"POSTGRES_PASSWORD":"test"},"command":null}],"caches":[{"name":"cargo","path":"/cache/cargo"}],"steps":[{"name":"build","image":"rust:1.80","run":"cargo build --release","env":{"CARGO_HOME":"/cache/cargo"},"timeout":"10m","when":"on_success"},{"name":"notify","image":null,"run":"echo done","env":{},"timeout":null,"when":"always"}]}"#,
+        r#"{"version":1,"image":"alpine:3.20","variables":{"RUST_LOG":"info"},"secrets":["DEPLOY_TOKEN"],"timeout":"30m","services":[{"name":"db","image":"postgres:16","env":{"POSTGRES_PASSWORD":"test"},"command":null,"ready":null}],"caches":[{"name":"cargo","path":"/cache/cargo"}],"steps":[{"name":"build","image":"rust:1.80","run":"cargo build --release","env":{"CARGO_HOME":"/cache/cargo"},"timeout":"10m","when":"on_success","resources":null},{"name":"notify","image":null,"run":"echo done","env":{},"timeout":null,"when":"always","resources":null}]}"#,
     );
 }
 
@@ -104,18 +107,18 @@ fn design_example_parses_to_the_model() {
 fn minimal_and_coerced_values() {
     check(
         "version: 1\nsteps:\n  - name: a\n    run: make\n",
-        r#"{"version":1,"image":null,"variables":{},"secrets":[],"timeout":null,"services":[],"caches":[],"steps":[{"name":"a","image":null,"run":"make","env":{},"timeout":null,"when":"on_success"}]}"#,
+        r#"{"version":1,"image":null,"variables":{},"secrets":[],"timeout":null,"services":[],"caches":[],"steps":[{"name":"a","image":null,"run":"make","env":{},"timeout":null,"when":"on_success","resources":null}]}"#,
     );
     // Numbers and booleans are read as written; quoted `version` is accepted.
     check(
         "version: '1'\nvariables: { A: 1.10, B: true, C: 0x1F, D: -3, E: yes, F: '' }\n\
          steps:\n  - name: 2024\n    run: true\n    env: { N: 12, T: TRUE }\n    timeout: 1h30m\n    when: on_failure\n",
-        r#"{"version":1,"image":null,"variables":{"A":"1.10","B":"true","C":"0x1F","D":"-3","E":"yes","F":""},"secrets":[],"timeout":null,"services":[],"caches":[],"steps":[{"name":"2024","image":null,"run":"true","env":{"N":"12","T":"TRUE"},"timeout":"1h30m","when":"on_failure"}]}"#,
+        r#"{"version":1,"image":null,"variables":{"A":"1.10","B":"true","C":"0x1F","D":"-3","E":"yes","F":""},"secrets":[],"timeout":null,"services":[],"caches":[],"steps":[{"name":"2024","image":null,"run":"true","env":{"N":"12","T":"TRUE"},"timeout":"1h30m","when":"on_failure","resources":null}]}"#,
     );
     // Empty list and mapping keys mean empty; lowercase env names are allowed.
     check(
         "version: 1\nvariables:\nsecrets:\nservices: []\ncaches: ~\nsteps:\n  - name: a\n    run: make\n    env: { lower_case: x }\n",
-        r#"{"version":1,"image":null,"variables":{},"secrets":[],"timeout":null,"services":[],"caches":[],"steps":[{"name":"a","image":null,"run":"make","env":{"lower_case":"x"},"timeout":null,"when":"on_success"}]}"#,
+        r#"{"version":1,"image":null,"variables":{},"secrets":[],"timeout":null,"services":[],"caches":[],"steps":[{"name":"a","image":null,"run":"make","env":{"lower_case":"x"},"timeout":null,"when":"on_success","resources":null}]}"#,
     );
 }
 
@@ -124,7 +127,7 @@ fn multi_line_run_and_service_command() {
     check(
         "version: 1\nservices:\n  - name: cache-1\n    image: redis:7\n    command: [redis-server, --port, 6380]\n\
          steps:\n  - name: test\n    run: |\n      cargo test\n      echo \"done\"\n",
-        r#"{"version":1,"image":null,"variables":{},"secrets":[],"timeout":null,"services":[{"name":"cache-1","image":"redis:7","env":{},"command":["redis-server","--port","6380"]}],"caches":[],"steps":[{"name":"test","image":null,"run":"cargo test\necho \"done\"\n","env":{},"timeout":null,"when":"on_success"}]}"#,
+        r#"{"version":1,"image":null,"variables":{},"secrets":[],"timeout":null,"services":[{"name":"cache-1","image":"redis:7","env":{},"command":["redis-server","--port","6380"],"ready":null}],"caches":[],"steps":[{"name":"test","image":null,"run":"cargo test\necho \"done\"\n","env":{},"timeout":null,"when":"on_success","resources":null}]}"#,
     );
 }
 
@@ -305,12 +308,12 @@ fn step_errors() {
     check(
         &with_step("    imgae: rust\n"),
         "t.yml:5:5: unknown key `imgae` in step `build`; expected one of `name`, `image`, \
-         `run`, `env`, `timeout`, `when` (did you mean `image`?)",
+         `run`, `env`, `timeout`, `when`, `resources` (did you mean `image`?)",
     );
     check(
         &with_step("    script: make\n"),
         "t.yml:5:5: unknown key `script` in step `build`; expected one of `name`, `image`, \
-         `run`, `env`, `timeout`, `when`",
+         `run`, `env`, `timeout`, `when`, `resources`",
     );
     check(
         &with_step("    run: again\n"),
@@ -392,7 +395,7 @@ fn service_errors() {
     check(
         &svc("    ports: [5432]\n"),
         "t.yml:8:5: unknown key `ports` in service `db`; expected one of `name`, `image`, \
-         `env`, `command`",
+         `env`, `command`, `ready`",
     );
     check(
         &svc("  - name: db\n    image: postgres:17\n"),
@@ -650,6 +653,213 @@ fn mangled_input_never_panics() {
         try_parse(&String::from_utf8_lossy(&bytes));
     }
     assert_eq!(parsed, EXAMPLE.chars().count() + 4000);
+}
+
+#[test]
+fn step_resources() {
+    let step = |resources: &str| with_step(&format!("    resources: {resources}\n"));
+    let json = |resources: &str| {
+        format!(
+            r#"{{"version":1,"image":null,"variables":{{}},"secrets":[],"timeout":null,"services":[],"caches":[],"steps":[{{"name":"build","image":null,"run":"make","env":{{}},"timeout":null,"when":"on_success","resources":{resources}}}]}}"#
+        )
+    };
+    check(
+        &step("{ cpu: 500m, memory: 512Mi }"),
+        &json(r#"{"cpu_millis":500,"memory_bytes":536870912}"#),
+    );
+    check(
+        &step("{ cpu: 2 }"),
+        &json(r#"{"cpu_millis":2000,"memory_bytes":null}"#),
+    );
+    check(
+        &step("{ cpu: 1.5, memory: 100M }"),
+        &json(r#"{"cpu_millis":1500,"memory_bytes":100000000}"#),
+    );
+    check(
+        &step("{ memory: '1Gi' }"),
+        &json(r#"{"cpu_millis":null,"memory_bytes":1073741824}"#),
+    );
+    // Empty means none, as for the other mapping keys.
+    check(&step("{}"), &json("null"));
+    check(&with_step("    resources:\n"), &json("null"));
+    let p = parse(
+        "t.yml",
+        &with_step("    resources:\n      cpu: 0.25\n      memory: 1.5Gi\n"),
+    )
+    .expect("valid");
+    assert_eq!(
+        p.steps[0].resources,
+        Some(Resources {
+            cpu_millis: Some(250),
+            memory_bytes: Some(3 << 29),
+        })
+    );
+}
+
+#[test]
+fn step_resource_errors() {
+    let step = |resources: &str| with_step(&format!("    resources: {resources}\n"));
+    check(
+        &step("{ cpu: 500m, mem: 1Gi }"),
+        "t.yml:5:29: unknown key `mem` in `resources` of step `build`; expected one of `cpu`, \
+         `memory`",
+    );
+    check(
+        &step("{ cpus: 2 }"),
+        "t.yml:5:18: unknown key `cpus` in `resources` of step `build`; expected one of `cpu`, \
+         `memory` (did you mean `cpu`?)",
+    );
+    check(
+        &step("{ memroy: 1Gi }"),
+        "t.yml:5:18: unknown key `memroy` in `resources` of step `build`; expected one of \
+         `cpu`, `memory` (did you mean `memory`?)",
+    );
+    check(
+        &step("2"),
+        "t.yml:5:16: `resources` of step `build` must be a mapping, like \
+         `{ cpu: 500m, memory: 512Mi }`, found the number `2`",
+    );
+    check(
+        &step("{ memory: 512MB }"),
+        "t.yml:5:26: `memory` in `resources` of step `build`: invalid memory quantity `512MB`: \
+         unknown unit `MB`; expected a number of bytes with an optional unit k, M, G, T, P, E \
+         (powers of 1000) or Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024), like `512Mi` or `1Gi` \
+         (did you mean `512M` or `512Mi`?)",
+    );
+    check(
+        &step("{ memory: 512 }"),
+        "t.yml:5:26: `memory` in `resources` of step `build`: invalid memory quantity `512`: it \
+         is less than the minimum of 1Mi (a number without a unit is bytes: did you mean \
+         `512Mi`?)",
+    );
+    check(
+        &step("{ cpu: 500M }"),
+        "t.yml:5:23: `cpu` in `resources` of step `build`: invalid CPU quantity `500M`: expected \
+         a number of CPUs like `2` or `1.5`, or millicores like `500m` (did you mean `500m`?)",
+    );
+    check(
+        &step("{ cpu: 0 }"),
+        "t.yml:5:23: `cpu` in `resources` of step `build`: invalid CPU quantity `0`: it must be \
+         more than zero",
+    );
+    check(
+        &step("{ cpu: [1] }"),
+        "t.yml:5:23: `cpu` in `resources` of step `build` must be a quantity, like `2` or \
+         `500m`, found a list",
+    );
+    check(
+        &step("{ cpu: }"),
+        "t.yml:5:18: `cpu` in `resources` of step `build` is empty",
+    );
+    // Both values are checked, and both problems reported.
+    let err = parse("t.yml", &step("{ cpu: -1, memory: 1XB }")).expect_err("invalid");
+    assert_eq!(err.errors().len(), 2, "{err}");
+}
+
+#[test]
+fn service_readiness() {
+    let svc = |ready: &str| {
+        format!(
+            "version: 1\nservices:\n  - name: db\n    image: postgres:16\n    ready: {ready}\n\
+             steps:\n  - name: a\n    run: make\n"
+        )
+    };
+    let json = |ready: &str| {
+        format!(
+            r#"{{"version":1,"image":null,"variables":{{}},"secrets":[],"timeout":null,"services":[{{"name":"db","image":"postgres:16","env":{{}},"command":null,"ready":{ready}}}],"caches":[],"steps":[{{"name":"a","image":null,"run":"make","env":{{}},"timeout":null,"when":"on_success","resources":null}}]}}"#
+        )
+    };
+    check(
+        &svc("{ command: \"pg_isready -U postgres\", timeout: 60s }"),
+        &json(r#"{"command":"pg_isready -U postgres","timeout":"1m","interval":"1s"}"#),
+    );
+    check(
+        &svc("{ tcp: 5432, timeout: 30s, interval: 2s }"),
+        &json(r#"{"tcp":5432,"timeout":"30s","interval":"2s"}"#),
+    );
+    // The defaults: a minute, trying every second.
+    check(
+        &svc("{ tcp: '6379' }"),
+        &json(r#"{"tcp":6379,"timeout":"1m","interval":"1s"}"#),
+    );
+    check(&svc("~"), &json("null"));
+    let p = parse("t.yml", &svc("{ command: 'redis-cli ping', interval: 5s }")).expect("valid");
+    assert_eq!(
+        p.services[0].ready,
+        Some(Readiness {
+            check: ReadyCheck::Command("redis-cli ping".into()),
+            timeout: DEFAULT_READY_TIMEOUT,
+            interval: Duration::from_secs(5),
+        })
+    );
+}
+
+#[test]
+fn service_readiness_errors() {
+    let svc = |ready: &str| {
+        with_step(&format!(
+            "services:\n  - name: db\n    image: postgres:16\n    ready: {ready}\n"
+        ))
+    };
+    check(
+        &svc("{ timeout: 30s }"),
+        "t.yml:8:12: `ready` of service `db` needs `command` (run in the service's container) \
+         or `tcp` (a port of the service to connect to)",
+    );
+    check(
+        &svc("{ command: pg_isready, tcp: 5432 }"),
+        "t.yml:8:40: `ready` of service `db` has both `command` and `tcp`; give one of them",
+    );
+    check(
+        &svc("{ tcp: 0 }"),
+        "t.yml:8:19: `tcp` in `ready` of service `db` must be a port number from 1 to 65535, \
+         found `0` (the port of the service itself: its host is the service)",
+    );
+    check(
+        &svc("{ tcp: 'db:5432' }"),
+        "t.yml:8:19: `tcp` in `ready` of service `db` must be a port number from 1 to 65535, \
+         found `db:5432` (the port of the service itself: its host is the service)",
+    );
+    check(
+        &svc("{ tcp: 70000 }"),
+        "t.yml:8:19: `tcp` in `ready` of service `db` must be a port number from 1 to 65535, \
+         found `70000` (the port of the service itself: its host is the service)",
+    );
+    check(
+        &svc("{ command: '  ' }"),
+        "t.yml:8:23: `command` in `ready` of service `db` is empty",
+    );
+    check(
+        &svc("{ command: [pg_isready] }"),
+        "t.yml:8:23: `command` in `ready` of service `db` must be a string, found a list",
+    );
+    check(
+        &svc("{ tcp: 5432, timeout: 30 }"),
+        "t.yml:8:34: `timeout` in `ready` of service `db`: invalid duration `30`: it has no unit; \
+         expected a whole number with a unit (h, m or s), like `90s`, `10m`, `1h` or `1h30m`",
+    );
+    check(
+        &svc("{ tcp: 5432, timeout: 10s, interval: 1m }"),
+        "t.yml:8:49: `interval` in `ready` of service `db` (1m) is longer than its `timeout` \
+         (10s)",
+    );
+    check(
+        &svc("{ tcp: 5432, timout: 10s }"),
+        "t.yml:8:25: unknown key `timout` in `ready` of service `db`; expected one of \
+         `command`, `tcp`, `timeout`, `interval` (did you mean `timeout`?)",
+    );
+    check(
+        &svc("{ port: 5432 }"),
+        "t.yml:8:12: `ready` of service `db` needs `command` (run in the service's container) \
+         or `tcp` (a port of the service to connect to)\n\
+         t.yml:8:14: unknown key `port` in `ready` of service `db`; expected one of `command`, \
+         `tcp`, `timeout`, `interval`",
+    );
+    check(
+        &svc("pg_isready"),
+        "t.yml:8:12: `ready` of service `db` must be a mapping, like `{ tcp: 5432 }` or \
+         `{ command: \"pg_isready -U postgres\" }`, found the string `pg_isready`",
+    );
 }
 
 #[test]
