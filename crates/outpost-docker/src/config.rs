@@ -129,8 +129,9 @@ pub struct DockerConfig {
     /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`; a missing file means no
     /// credentials.
     pub docker_config_path: Option<PathBuf>,
-    /// Image of the short-lived container used to copy the checkout into the workspace volume
-    /// (never started, so it needs no binary). Default: the image of the job's first step.
+    /// Image of a short-lived container through which the checkout is copied into the workspace
+    /// volume (never started, so it needs no binary). Default: none, the checkout is copied
+    /// through the first step's own container before it starts, which spares a container.
     pub helper_image: Option<String>,
     /// Prefix of container names (`outpost-<job>-step-<n>`). Default `outpost-`.
     pub container_prefix: String,

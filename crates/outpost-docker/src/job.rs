@@ -387,14 +387,10 @@ impl<'a> JobRun<'a> {
                 ),
             )));
         };
-        if !self.workspace_ready {
+        if !self.workspace_ready
+            && let Some(helper) = self.shared.config.helper_image.clone()
+        {
             let t = Instant::now();
-            let helper = self
-                .shared
-                .config
-                .helper_image
-                .clone()
-                .unwrap_or_else(|| image.to_owned());
             let copied = self.copy_workspace(&helper).await?;
             self.timings.workspace_copy += t.elapsed();
             if let Err(f) = copied {
@@ -457,6 +453,13 @@ impl<'a> JobRun<'a> {
                     format!("step `{}` cannot be created: {message}", step.name),
                 )));
             }
+        }
+        if !self.workspace_ready {
+            // Into the step's own container, created but not started: it mounts the workspace
+            // volume as a helper would, and spares creating and removing one.
+            let t = Instant::now();
+            self.upload_workspace(&name).await?;
+            self.timings.workspace_copy += t.elapsed();
         }
         let t = Instant::now();
         let attached = self
@@ -630,25 +633,15 @@ impl<'a> JobRun<'a> {
         Ok(())
     }
 
-    /// Copies the checkout into the workspace volume through a container that is created (so the
-    /// volume is mounted) but never started: the image needs no binary at all. An empty
-    /// checkout (an inline pipeline) needs no container. A helper image that cannot be made
-    /// present is the step's `image_pull` failure.
+    /// Copies the checkout into the workspace volume through a container of `helper_image`
+    /// (configured) that is created (so the volume is mounted) but never started: the image needs
+    /// no binary at all. A helper image that cannot be made present is the step's `image_pull`
+    /// failure.
     async fn copy_workspace(
         &mut self,
         helper_image: &str,
     ) -> Result<Result<(), Failure>, ExecutorError> {
         let job = self.job;
-        let dir = job.workspace.clone();
-        let workspace_err = |source| ExecutorError::Workspace {
-            job_id: job.job_id.clone(),
-            path: dir.clone(),
-            source,
-        };
-        if !workspace::has_content(&dir).await.map_err(workspace_err)? {
-            self.workspace_ready = true;
-            return Ok(Ok(()));
-        }
         let docker = self.shared.docker.clone();
         let name = self.names.helper();
         let body = ContainerCreateBody {
@@ -679,27 +672,47 @@ impl<'a> JobRun<'a> {
                 });
             }
         }
+        let uploaded = self.upload_workspace(&name).await;
+        force_remove(&docker, &name).await;
+        uploaded.map(Ok)
+    }
+
+    /// Uploads the checkout (`job.workspace`) into the workspace volume through `container`, a
+    /// created container that mounts it at `job.container_workspace`. An empty checkout (an
+    /// inline pipeline) is not uploaded at all.
+    async fn upload_workspace(&mut self, container: &str) -> Result<(), ExecutorError> {
+        let job = self.job;
+        let dir = job.workspace.clone();
+        let workspace_err = |source| ExecutorError::Workspace {
+            job_id: job.job_id.clone(),
+            path: dir.clone(),
+            source,
+        };
+        if !workspace::has_content(&dir).await.map_err(workspace_err)? {
+            self.workspace_ready = true;
+            return Ok(());
+        }
         let (archive, builder) = workspace::tar_stream(dir.clone());
-        let uploaded = docker
+        let uploaded = self
+            .shared
+            .docker
             .upload_to_container(
-                &name,
+                container,
                 Some(UploadToContainerOptions {
-                    path: self.job.container_workspace.clone(),
+                    path: job.container_workspace.clone(),
                     ..Default::default()
                 }),
                 bollard::body_stream(archive),
             )
             .await;
-        let built = builder.await;
-        force_remove(&docker, &name).await;
-        match built {
+        match builder.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(workspace_err(e)),
             Err(e) => return Err(workspace_err(std::io::Error::other(e))),
         }
         uploaded.map_err(|e| self.engine_err("copy the workspace into its volume", &e))?;
         self.workspace_ready = true;
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Starts one service (or finds it running after a restart).

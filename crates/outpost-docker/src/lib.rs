@@ -10,10 +10,12 @@
 //!   unchanged). A workspace volume that names another attempt (`outpost.attempt`) was left by an
 //!   earlier run of the same job: what that run left is removed first, so a step never sees an
 //!   earlier attempt's files.
-//! - **Before the first step that runs**: the checkout (`job.workspace`, a host directory) is
-//!   copied into the workspace volume by uploading a tar archive into a helper container that
-//!   mounts the volume and is created but never started (so its image, by default the step's,
-//!   needs no binary), and the services start on the network with their name as alias. A failure
+//! - **Before the first step that runs**: the services start on the network with their name as
+//!   alias, and the checkout (`job.workspace`, a host directory) is copied into the workspace
+//!   volume by uploading a tar archive into the step's container once it is created and before
+//!   it starts (it mounts the volume; no binary of its image is needed), or, with
+//!   [`DockerConfig::helper_image`] set, into a helper container of that image that is created
+//!   but never started. An empty checkout (an inline pipeline) is not copied at all. A failure
 //!   there (an image that cannot be pulled, say) is that step's failure.
 //! - **Each step**: a container `outpost-<job>-step-<n>` running `sh -c <run>` with no TTY and an
 //!   init process, working directory `job.container_workspace`, attached before it is started so
@@ -88,6 +90,7 @@
 //! whose container is gone fails with class `infrastructure`.
 
 mod auth;
+mod backend;
 mod caches;
 mod cleanup;
 mod config;
@@ -110,6 +113,7 @@ use outpost_executor::{
     PreparedJob, Resume, RunnerId, SweepReport,
 };
 
+pub use crate::backend::DockerBackend;
 pub use crate::config::{ByteSize, DockerConfig, PullPolicy, ResourceRequest, Resources};
 pub use crate::error::DockerError;
 pub use crate::names::{Kind, labels};

@@ -551,3 +551,27 @@ async fn the_next_job_takes_the_spare_network_and_shutdown_removes_it() {
         "no network of the runner is left after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_helper_copies_the_checkout() {
+    let Some(ctx) = setup(DockerConfig {
+        helper_image: Some(BUSYBOX.to_owned()),
+        ..config()
+    })
+    .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("f.txt"), "through the helper\n").expect("write");
+    let j = job(&ctx, dir.path(), vec![step(0, "cat f.txt")]);
+    let job_id = j.job_id.clone();
+    let (outcome, events) = run(&ctx.exec, j).await;
+    assert_eq!(
+        outcome.expect("runs").result,
+        JobResult::Success,
+        "{events:#?}"
+    );
+    assert_eq!(output(&events, 0, None), "through the helper\n");
+    assert_eq!(leftovers(&ctx, job_id.as_str()).await, (0, 0, 0));
+}

@@ -231,7 +231,10 @@ impl StepOutcome {
             exit_code: None,
             failure: Some(Failure::new(
                 outpost_protocol::FailureClass::Timeout,
-                format!("step `{step}` timed out after {}", outpost_time::format(after)),
+                format!(
+                    "step `{step}` timed out after {}",
+                    outpost_time::format(after)
+                ),
             )),
         }
     }

@@ -36,12 +36,15 @@
 //!   used.
 //! - **A step that cannot be started** (shell missing, workspace removed by an earlier step) is
 //!   reported as a failed step with class `infrastructure`, and the job goes on as after any failure.
+//! - **Steps** are driven by the loop every backend shares ([`StepDriver`]): `when` rules, the
+//!   job timeout, a cancel between steps.
 //! - **Resume** is unsupported: steps are children of the runner process and nothing records them
 //!   across a restart. They do not necessarily die with the runner (each step has its own process
 //!   group, so a terminal's `SIGINT` does not reach them), so a runner that crashes may leave steps
 //!   running; [`Executor::running_jobs`] is always empty.
 //! - **Sweep** removes per-job workspace directories directly under [`ProcessConfig::work_root`]
-//!   whose job is not live. The backend marks the workspaces it uses there with a sibling file
+//!   whose job is not live (the runner's [`LiveJobs`] is asked right before each removal, so a
+//!   job that started after the sweep listed the work root keeps its tree). The backend marks the workspaces it uses there with a sibling file
 //!   `<dir>.outpost-process-job` holding the job id (beside the directory, not inside it, so a
 //!   step's `git clean` cannot remove it and a checkout never shows it); a directory without such a
 //!   marker is never touched. Workspaces outside `work_root` are neither marked nor swept. A job's

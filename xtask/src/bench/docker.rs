@@ -1,9 +1,15 @@
 //! The Docker backend's figures, on a real `runner-docker` polling a real hub and the machine's
 //! Docker engine: a trivial step through outpost against a bare `docker run` of the same image
-//! and command (a ratio, both measured in the same run), and the wall time of a 5-step job.
-//! Needs the engine and the image of `cargo xtask test-images`.
+//! and command (a ratio, both measured in the same run), where its fixed cost goes, and the wall
+//! time of a 5-step job. Needs the engine and the image of `cargo xtask test-images`.
+//!
+//! The breakdown is the runner's own: `DockerExecutor` logs the time of each phase of every run
+//! (and of every cleanup) as a debug event of target `outpost_docker::timing`
+//! (crates/outpost-docker/src/timing.rs), which the bench turns on and reads from runner-docker's
+//! JSON log. So it is the code that ships that is measured, not a copy of it.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,6 +26,29 @@ const IMAGE: &str = crate::test_images::BUSYBOX;
 
 /// The command of the trivial step: what a step's `run: "true"` becomes in its container.
 const COMMAND: [&str; 3] = ["sh", "-c", "true"];
+
+/// The tracing target and messages of the Docker backend's timing events
+/// (`outpost_docker::{TIMING_TARGET, RUN_EVENT, CLEANUP_EVENT}`; xtask does not link the backend).
+const TIMING_TARGET: &str = "outpost_docker::timing";
+const RUN_EVENT: &str = "job timings";
+const CLEANUP_EVENT: &str = "cleanup timings";
+
+/// The phases of a run's timing event, in the order of a job's life, with what they cover.
+const PHASES: &[(&str, &str)] = &[
+    ("setup_us", "setup (network, volumes, earlier attempt)"),
+    ("network_us", "network"),
+    ("volumes_us", "workspace and cache volumes"),
+    ("reset_us", "earlier attempt / takeover"),
+    ("image_us", "image"),
+    ("workspace_copy_us", "workspace copy"),
+    ("services_us", "services"),
+    ("create_us", "container create"),
+    ("attach_us", "attach"),
+    ("start_us", "start"),
+    ("output_us", "run until the output ends"),
+    ("delivery_us", "output delivery to the runner"),
+    ("exit_us", "exit status (wait, inspect)"),
+];
 
 /// A job of `steps` steps, each `true`, in the test image.
 fn pipeline(steps: usize) -> String {
@@ -88,10 +117,11 @@ impl DockerRunner {
         std::fs::write(&token_file, &hub.runner_token)
             .with_context(|| format!("cannot write {}", token_file.display()))?;
         let config = dir.join("runner.toml");
+        // JSON logs, so that the backend's timing events can be read back.
         let toml = format!(
             "hub = {hub:?}\ntoken_file = {token:?}\nname = {name:?}\nconcurrency = 1\n\
-             state_dir = {state:?}\nacquire_wait = \"30s\"\n\n[proxy]\nfrom_env = false\n\n\
-             [executor]\nstop_grace = \"1s\"\n",
+             state_dir = {state:?}\nacquire_wait = \"30s\"\nlog_format = \"json\"\n\n\
+             [proxy]\nfrom_env = false\n\n[executor]\nstop_grace = \"1s\"\n",
             hub = hub.url,
             token = token_file.display().to_string(),
             state = dir.join("state").display().to_string(),
@@ -108,7 +138,7 @@ impl DockerRunner {
         let child = Command::new(ctx.bin_dir.join("runner-docker"))
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", format!("warn,{TIMING_TARGET}=debug"))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stderr(file)
@@ -130,7 +160,7 @@ impl DockerRunner {
             .context("listing runners")?
             .into_iter()
             .find(|r| r.name == name)
-            .map(|r| r.runner_id)
+            .map(|r| r.runner_id.into_string())
             .with_context(|| format!("runner {name} is not in the hub's list"))?;
         Ok(DockerRunner { child, id, stderr })
     }
@@ -155,6 +185,82 @@ impl DockerRunner {
         }
         remove_labelled(&format!("label=outpost.runner-id={}", self.id)).await;
         Ok(())
+    }
+}
+
+/// The timing events in a runner-docker JSON log: per job, the fields of its run event and of its
+/// cleanup event (microseconds).
+#[derive(Debug, Default)]
+struct Timings {
+    runs: BTreeMap<String, BTreeMap<String, u64>>,
+    cleanups: BTreeMap<String, u64>,
+}
+
+impl Timings {
+    /// Reads `log` (lines that are not timing events are skipped).
+    fn read(log: &Path) -> anyhow::Result<Timings> {
+        let text = std::fs::read_to_string(log)
+            .with_context(|| format!("cannot read {}", log.display()))?;
+        let mut timings = Timings::default();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if event["target"] != TIMING_TARGET {
+                continue;
+            }
+            let fields = &event["fields"];
+            let Some(job) = fields["job_id"].as_str() else {
+                continue;
+            };
+            let numbers: BTreeMap<String, u64> = fields
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect();
+            match fields["message"].as_str() {
+                Some(RUN_EVENT) => {
+                    timings.runs.insert(job.to_owned(), numbers);
+                }
+                Some(CLEANUP_EVENT) => {
+                    if let Some(&us) = numbers.get("cleanup_us") {
+                        timings.cleanups.insert(job.to_owned(), us);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(timings)
+    }
+
+    /// The p50 of `field` over `jobs` (those that logged it).
+    fn p50(&self, jobs: &[String], field: &str) -> Option<Duration> {
+        let samples: Vec<Duration> = jobs
+            .iter()
+            .filter_map(|j| self.runs.get(j)?.get(field))
+            .map(|&us| Duration::from_micros(us))
+            .collect();
+        (!samples.is_empty()).then(|| Samples::new(samples).quantile(0.5))
+    }
+}
+
+/// Waits until runner-docker has logged the end of `job`'s cleanup (the removal of its
+/// containers, network and volume, and the spare network for the next job), so that the next
+/// measurement does not share the engine with it.
+async fn wait_cleaned(log: &Path, job: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if Timings::read(log)?.cleanups.contains_key(job) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "runner-docker logged no cleanup of job {job} within 60 s (see {})",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -187,8 +293,9 @@ async fn remove_labelled(filter: &str) {
     }
 }
 
-/// Submits `pipeline` to the idle runner and times it from the submit to the job's end.
-async fn job_wall_time(hub: &Hub, pipeline: &str) -> anyhow::Result<Duration> {
+/// Submits `pipeline` to the idle runner and times it from the submit to the job's end; the job's
+/// id with it.
+async fn job_wall_time(hub: &Hub, pipeline: &str) -> anyhow::Result<(Duration, String)> {
     hub.wait_parked(1, Duration::from_secs(60)).await?;
     let t0 = Instant::now();
     let job = hub.submit(pipeline).await?;
@@ -201,7 +308,50 @@ async fn job_wall_time(hub: &Hub, pipeline: &str) -> anyhow::Result<Duration> {
             ended.failure
         );
     }
-    Ok(took)
+    Ok((took, job))
+}
+
+/// Where a one-step job's time goes, as runner-docker logged it: the p50 of each phase of the
+/// executor's run, of the run as a whole, of what lies outside it (pickup, log upload,
+/// completion: the job's wall time less the run) and of the cleanup after it.
+fn breakdown(timings: &Timings, jobs: &[String], walls: &BTreeMap<String, Duration>) -> String {
+    let Some(total) = timings.p50(jobs, "total_us") else {
+        return "breakdown unavailable: runner-docker logged no timing events (target \
+                outpost_docker::timing)"
+            .to_owned();
+    };
+    let mut parts: Vec<String> = PHASES
+        .iter()
+        .filter_map(|&(field, what)| Some(format!("{what} {}", ms(timings.p50(jobs, field)?))))
+        .collect();
+    let outside: Vec<Duration> = jobs
+        .iter()
+        .filter_map(|j| {
+            let run = Duration::from_micros(*timings.runs.get(j)?.get("total_us")?);
+            Some(walls.get(j)?.saturating_sub(run))
+        })
+        .collect();
+    parts.push(format!("the executor's run in all {}", ms(total)));
+    parts.push(format!(
+        "outside it (pickup, log upload, completion) {}",
+        ms(Samples::new(outside).quantile(0.5))
+    ));
+    let cleanups: Vec<Duration> = jobs
+        .iter()
+        .filter_map(|j| timings.cleanups.get(j))
+        .map(|&us| Duration::from_micros(us))
+        .collect();
+    if !cleanups.is_empty() {
+        parts.push(format!(
+            "cleanup after the outcome (spare network, removals; off the critical path) {}",
+            ms(Samples::new(cleanups).quantile(0.5))
+        ));
+    }
+    format!(
+        "breakdown, p50 of the {} jobs as runner-docker timed them: {}",
+        jobs.len(),
+        parts.join(", ")
+    )
 }
 
 /// Rows 8 and 9: the docker step overhead ratio, and the wall time of a 5-step job.
@@ -213,19 +363,29 @@ pub async fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let runner = DockerRunner::start(ctx, &hub, "bench-docker").await?;
     let one = pipeline(1);
     let five = pipeline(5);
-    // Warm-up, not counted: the image's layers in the page cache, the runner's first job.
+    // Warm-up, not counted: the image's layers in the page cache, the runner's first job (which
+    // makes its network itself: the spare for the next job is made after it).
     bare_run().await?;
-    job_wall_time(&hub, &one).await?;
+    let (_, warm_up) = job_wall_time(&hub, &one).await?;
+    wait_cleaned(&runner.stderr, &warm_up).await?;
     let (mut bare, mut outpost) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
-    // Interleaved, so that both see the same machine.
+    let mut jobs = Vec::with_capacity(rounds);
+    let mut walls = BTreeMap::new();
+    // Interleaved, so that both see the same machine; each job's cleanup is over before the next
+    // bare run, so that neither shares the engine with it.
     for _ in 0..rounds {
         bare.push(bare_run().await?);
-        outpost.push(job_wall_time(&hub, &one).await?);
+        let (took, job) = job_wall_time(&hub, &one).await?;
+        wait_cleaned(&runner.stderr, &job).await?;
+        outpost.push(took);
+        walls.insert(job.clone(), took);
+        jobs.push(job);
     }
     let mut pipelines = Vec::with_capacity(pipeline_rounds);
     for _ in 0..pipeline_rounds {
-        pipelines.push(job_wall_time(&hub, &five).await?);
+        pipelines.push(job_wall_time(&hub, &five).await?.0);
     }
+    let timings = Timings::read(&runner.stderr)?;
     runner.stop().await?;
     hub.stop().await?;
 
@@ -236,6 +396,7 @@ pub async fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     );
     let (bare_p50, outpost_p50) = (bare.quantile(0.5), outpost.quantile(0.5));
     let ratio = outpost_p50.as_secs_f64() / bare_p50.as_secs_f64().max(f64::EPSILON);
+    let breakdown = breakdown(&timings, &jobs, &walls);
     rows.push(Row {
         bench: "docker",
         what: "docker step overhead over a bare `docker run` of the same image and command"
@@ -255,12 +416,14 @@ pub async fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
                 COMMAND.join(" ")
             ),
             format!(
-                "through outpost a job also gets its own network and workspace volume (and the \
-                 workspace copy), its log shipped and its completion acknowledged; the previous \
-                 job's cleanup may still run on the engine; outpost max {}, bare max {}",
+                "through outpost a job also gets its own network (the spare the runner made \
+                 after the previous job) and workspace volume, its log shipped and its \
+                 completion acknowledged; each job's cleanup ends before the next bare run; \
+                 outpost max {}, bare max {}",
                 ms(outpost.max()),
                 ms(bare.max())
             ),
+            breakdown,
         ],
     });
     let p50 = pipelines.quantile(0.5);
