@@ -206,6 +206,9 @@ impl Scheduler {
             () = fatal.token().cancelled() => {}
         }
         jobs.shutdown().await;
+        // The backend's own background work (cleanups after the jobs' outcomes) ends before
+        // the runner does, so nothing of a job outlives a drain.
+        ctx.executor.shutdown().await;
         stop.cancel();
         while tasks.join_next().await.is_some() {}
 
