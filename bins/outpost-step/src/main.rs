@@ -43,7 +43,9 @@
 //!      `--grace` (default 10s; `0s` kills at once); the step is `timed_out`;
 //!   6. on SIGTERM or SIGINT (the pod being deleted on cancel) does the same; the step is
 //!      `cancelled`; a second signal kills at once;
-//!   7. writes `<markers>/<n>.done` atomically (a temporary file renamed into place).
+//!   7. when the command ends, SIGKILLs what it left running in its group (as the end of the
+//!      container would), and writes `<markers>/<n>.done` atomically (a temporary file renamed
+//!      into place).
 //!
 //!   A signal while still waiting writes `state=cancelled` (no exit code: the command never
 //!   started) and exits with 128 + the signal.

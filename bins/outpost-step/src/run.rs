@@ -261,7 +261,13 @@ fn supervise(
             None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match event {
-            Ok(Event::Exited(code)) => break code,
+            Ok(Event::Exited(code)) => {
+                // What the script left running in its group ends with the step, as it would
+                // with the container. The group outlives its reaped leader only while it has
+                // members, so its id cannot have been reused by then.
+                signal_group(pid, Signal::SIGKILL);
+                break code;
+            }
             Ok(Event::WaitFailed(e)) => {
                 return Err(Error::system("cannot wait for the step's command", e));
             }

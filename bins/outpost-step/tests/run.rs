@@ -281,6 +281,28 @@ fn sigterm_is_forwarded_to_the_whole_process_group() {
 }
 
 #[test]
+fn what_the_script_leaves_running_ends_with_the_step() {
+    let m = Markers::new();
+    let out = run(&[
+        "run",
+        "--index",
+        "0",
+        "--markers",
+        m.arg(),
+        "--",
+        "sh",
+        "-c",
+        "sleep 600 >/dev/null 2>&1 & echo $!",
+    ]);
+    assert_eq!(code(out.status), 0);
+    let sleeper: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the sleep's pid");
+    wait_until("the background sleep is gone", || gone(sleeper));
+}
+
+#[test]
 fn a_second_signal_kills_at_once() {
     let m = Markers::new();
     let mut child = wrapper(&[
