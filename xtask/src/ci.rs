@@ -9,10 +9,10 @@ use anyhow::{Context, bail};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let skip_deny = args.iter().any(|a| a == "--no-deny");
-    step("format", cargo(&["fmt", "--all", "--check"]))?;
+    step("format", crate::cargo(&["fmt", "--all", "--check"]))?;
     step(
         "clippy",
-        cargo(&[
+        crate::cargo(&[
             "clippy",
             "--workspace",
             "--all-targets",
@@ -24,12 +24,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     )?;
     step(
         "build binaries",
-        cargo(&["build", "--workspace", "--bins", "--locked"]),
+        crate::cargo(&["build", "--workspace", "--bins", "--locked"]),
     )?;
     test_images()?;
     step(
         "tests",
-        cargo(&[
+        crate::cargo(&[
             "nextest",
             "run",
             "--workspace",
@@ -43,7 +43,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         step(
             "dependency policy",
-            cargo(&["deny", "check", "bans", "licenses", "sources"]),
+            crate::cargo(&["deny", "check", "bans", "licenses", "sources"]),
         )?;
     }
     println!("xtask ci: all checks passed");
@@ -69,12 +69,12 @@ fn test_images() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    step("test images", cargo(&["xtask", "test-images"]))?;
+    step("test images", crate::cargo(&["xtask", "test-images"]))?;
     // The deployment images for the compose test, from the debug binaries just built: the same
     // code as a release image, without a second (release) build of the workspace.
     step(
         "deployment images",
-        cargo(&["xtask", "images", "--profile", "dev", "--no-build"]),
+        crate::cargo(&["xtask", "images", "--profile", "dev", "--no-build"]),
     )
 }
 
@@ -94,12 +94,6 @@ fn deploy_checks() -> anyhow::Result<()> {
     cmd.arg(root.join("deploy").join("check.py"))
         .current_dir(root);
     step("deployment checks", cmd)
-}
-
-fn cargo(args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args);
-    cmd
 }
 
 fn step(name: &str, mut cmd: Command) -> anyhow::Result<()> {

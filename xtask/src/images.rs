@@ -162,22 +162,17 @@ fn workspace_root() -> PathBuf {
     xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
 /// What `cargo metadata` tells about the workspace.
-struct Metadata {
+pub(crate) struct Metadata {
     /// `CARGO_TARGET_DIR`, the config's `build.target-dir`, or `<root>/target`.
-    target_dir: PathBuf,
+    pub(crate) target_dir: PathBuf,
     /// The hub's package version, for the `org.opencontainers.image.version` label.
     version: String,
 }
 
 impl Metadata {
-    fn load() -> anyhow::Result<Self> {
-        let out = cargo()
-            .args(["metadata", "--format-version", "1", "--no-deps"])
+    pub(crate) fn load() -> anyhow::Result<Self> {
+        let out = crate::cargo(&["metadata", "--format-version", "1", "--no-deps"])
             .current_dir(workspace_root())
             .output()
             .context("cannot run `cargo metadata`")?;
@@ -205,7 +200,7 @@ impl Metadata {
 }
 
 fn build_binaries(profile: &str) -> anyhow::Result<()> {
-    let mut cmd = cargo();
+    let mut cmd = crate::cargo(&[]);
     cmd.args(["build", "--profile", profile, "--locked"])
         .current_dir(workspace_root());
     for p in PACKAGES {

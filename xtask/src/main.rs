@@ -9,6 +9,8 @@ mod ci;
 mod images;
 mod test_images;
 
+use std::process::Command;
+
 use anyhow::bail;
 
 fn main() -> anyhow::Result<()> {
@@ -28,4 +30,11 @@ fn main() -> anyhow::Result<()> {
         }
         Some(other) => bail!("unknown task `{other}` (try `cargo xtask --help`)"),
     }
+}
+
+/// `cargo` (the one running this task, when known) with `args`.
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args);
+    cmd
 }

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::procs::{Ctx, Hub, client, cpu_time, rss_bytes};
-use super::table::{Row, Samples, Verdict, mib, ms};
+use crate::procs::{Ctx, Hub, client, cpu_time, rss_bytes};
+use crate::table::{Row, Samples, Verdict, mib, ms};
 
 /// A pipeline whose one step does nothing (the bench's fake runners never run it).
 pub const NOOP_PIPELINE: &str = "version: 1\nsteps:\n  - name: noop\n    run: \"true\"\n";

@@ -18,11 +18,11 @@ use outpost_protocol::JobState;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::procs::{Ctx, Hub, ORG};
-use super::table::{Row, Samples, Verdict, ms};
+use crate::procs::{Ctx, Hub, ORG};
+use crate::table::{Row, Samples, Verdict, ms};
 
 /// Built by `cargo xtask test-images` (xtask/src/test_images.rs).
-const IMAGE: &str = crate::test_images::BUSYBOX;
+const IMAGE: &str = "outpost-test/busybox:1";
 
 /// The command of the trivial step: what a step's `run: "true"` becomes in its container.
 const COMMAND: [&str; 3] = ["sh", "-c", "true"];

@@ -12,15 +12,17 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
 use outpost_client::Completion;
-use outpost_logship::{JobLog, LogTarget, Masker, TargetError, UNLIMITED, Uploader, UploaderConfig};
+use outpost_logship::{
+    JobLog, LogTarget, Masker, TargetError, UNLIMITED, Uploader, UploaderConfig,
+};
 use outpost_protocol::{AcquireRequest, CompleteRequest, JobResult, MASK, RegisterRequest};
 use outpost_scheduler::HubLogTarget;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::NOOP_PIPELINE;
-use super::procs::{Ctx, Hub, ORG, cpu_time};
-use super::table::{Row, Verdict, mib};
+use crate::dispatch::NOOP_PIPELINE;
+use crate::procs::{Ctx, Hub, ORG, cpu_time};
+use crate::table::{Row, Verdict, mib};
 
 const SECRETS: [(&str, &str); 3] = [
     ("DEPLOY_TOKEN", "dtk_5f2b9c1e7a4d8e03b6c9"),

@@ -1,10 +1,13 @@
-//! `cargo xtask bench`: measures the DESIGN.md §7 quality bars on this machine and prints them as a
-//! table beside their targets. A missed target is printed, never an error: bench does not fail.
+//! `outpost-bench`, run by `cargo xtask bench`: measures the DESIGN.md §7 quality bars on this
+//! machine and prints them as a table beside their targets. A missed target is printed, never an
+//! error: bench does not fail.
 //!
-//! The xtask binary `cargo xtask` runs is a debug build, so `bench` first builds the hub, the
-//! runner and itself with `--release`, then runs the release xtask (the in-process parts, the
-//! load generators and the log pipeline, must be release code too). The hub and the runner under
-//! test are real child processes on 127.0.0.1, each in its own directory under a temporary one.
+//! `cargo xtask bench` builds this binary, the hub and the runners with `--release` and runs it
+//! (the in-process parts — the load generators and the log pipeline, which are the runner's own
+//! `JobLog`, `Uploader` and `HubLogTarget` — must be release code too). It lives in a package of
+//! its own so that `cargo xtask ci` builds no HTTP stack before its first check. The hub and the
+//! runner under test are real child processes on 127.0.0.1, each in its own directory under a
+//! temporary one.
 //!
 //! Adding a row: write an `async fn(&Ctx, &mut Vec<Row>) -> anyhow::Result<()>` that pushes one or
 //! more [`Row`]s, list it in [`BENCHES`] and dispatch it in [`measure`].
@@ -17,20 +20,17 @@ mod runner;
 mod table;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-use self::procs::Ctx;
-use self::table::{Row, Verdict};
+use crate::procs::Ctx;
+use crate::table::{Row, Verdict};
 
-/// Set by the debug xtask on the release one it runs: where the release binaries are (and that
-/// they are already built).
+/// Where the release binaries under test are; by default the directory of this executable
+/// (`cargo xtask bench` builds them all there).
 const BIN_DIR_ENV: &str = "OUTPOST_BENCH_BIN_DIR";
-
-/// Packages built with `--release` before measuring (their binaries are spawned as processes).
-const RELEASE_PACKAGES: &[&str] = &["outpost-hub-bin", "runner-process", "runner-docker"];
 
 /// One measurement: its name for `--only` and what it covers.
 struct Bench {
@@ -142,8 +142,8 @@ impl Options {
 fn usage() -> String {
     let mut text = String::from(
         "usage: cargo xtask bench [--quick] [--only NAME[,NAME…]] [--keep]\n\n\
-         Builds the hub and the runner with --release and measures the DESIGN.md §7 figures on\n\
-         this machine (all traffic on 127.0.0.1). A missed target is printed, not an error.\n\n\
+         Measures the DESIGN.md §7 figures on this machine with the release binaries (all\n\
+         traffic on 127.0.0.1). A missed target is printed, not an error.\n\n\
          options:\n  --quick   fewer rounds and smaller sizes (a smoke run, figures are rougher)\n  \
          --only    run only these measurements\n  --keep    keep the work directory (hub and runner logs)\n\n\
          measurements:\n",
@@ -154,7 +154,18 @@ fn usage() -> String {
     text
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
     let opts = Options::parse(args)?;
     if opts.help {
         print!("{}", usage());
@@ -162,31 +173,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let bin_dir = match std::env::var_os(BIN_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),
-        None => {
-            let release = target_dir()?.join("release");
-            if cfg!(debug_assertions) {
-                let mut packages = RELEASE_PACKAGES.to_vec();
-                packages.push("xtask");
-                build_release(&packages)?;
-                let xtask = release.join("xtask");
-                let status = Command::new(&xtask)
-                    .arg("bench")
-                    .args(args)
-                    .env(BIN_DIR_ENV, &release)
-                    .status()
-                    .with_context(|| format!("cannot run {}", xtask.display()))?;
-                if !status.success() {
-                    bail!(
-                        "the release bench ({}) ended with {status}",
-                        xtask.display()
-                    );
-                }
-                return Ok(());
-            }
-            build_release(RELEASE_PACKAGES)?;
-            release
-        }
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .parent()
+            .context("this executable has no directory")?
+            .to_owned(),
     };
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "outpost-bench: this is a debug build; the figures are not the release code's (run `cargo xtask bench`)"
+        );
+    }
     let fd_limit = procs::raise_fd_limit();
     let work = tempfile::Builder::new()
         .prefix("outpost-bench-")
@@ -236,44 +233,6 @@ async fn measure_all(opts: &Options, ctx: &Ctx) -> Vec<Row> {
         );
     }
     rows
-}
-
-/// The target directory of this workspace, as cargo sees it (`CARGO_TARGET_DIR`, config…).
-fn target_dir() -> anyhow::Result<PathBuf> {
-    let out = cargo()
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("cannot run `cargo metadata`")?;
-    if !out.status.success() {
-        bail!(
-            "`cargo metadata` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("`cargo metadata` printed invalid JSON")?;
-    let dir = meta["target_directory"]
-        .as_str()
-        .context("`cargo metadata` printed no target_directory")?;
-    Ok(PathBuf::from(dir))
-}
-
-fn build_release(packages: &[&str]) -> anyhow::Result<()> {
-    let mut cmd = cargo();
-    cmd.args(["build", "--release"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    eprintln!("bench: cargo build --release -p {}", packages.join(" -p "));
-    let status = cmd.status().context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("the release build failed ({status})");
-    }
-    Ok(())
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
 /// The machine, for the table's header.

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use outpost_protocol::JobState;
 
-use super::dispatch::NOOP_PIPELINE;
-use super::procs::{Ctx, Hub, Runner, rss_bytes, wait_for};
-use super::table::{Row, Samples, Verdict, mib, ms};
+use crate::dispatch::NOOP_PIPELINE;
+use crate::procs::{Ctx, Hub, Runner, rss_bytes, wait_for};
+use crate::table::{Row, Samples, Verdict, mib, ms};
 
 fn unix_nanos() -> anyhow::Result<u128> {
     Ok(SystemTime::now()
