@@ -128,6 +128,7 @@ impl Hub {
             followers: Waitlist::new(),
             metrics: metrics::Metrics::new(),
             stopping: CancellationToken::new(),
+            revocations: tokio::sync::watch::channel(0).0,
         });
         Ok(Self {
             shared,

@@ -907,3 +907,51 @@ async fn shutdown_answers_held_long_polls_at_once() {
         .expect("task");
     assert!(answer.is_none(), "a held acquire answers 204 on shutdown");
 }
+
+#[tokio::test]
+async fn a_heartbeat_held_across_a_revocation_answers_401_and_renews_nothing() {
+    use outpost_hub::store::{SqliteStore, Store};
+
+    let hub = TestHub::start(|c| c.heartbeat_interval_s = 20).await;
+    let org = hub.org(&unique("held-revoke")).await;
+    let runner = org.register("r", &[]).await;
+    org.submit(&[]).await;
+    let job = org.acquire(&runner, 0).await.expect("job");
+
+    let request = HeartbeatRequest {
+        runner_id: runner.as_str().into(),
+        jobs: vec![held(&job)],
+        wait_s: 20,
+    };
+    let api = org.runner_api.clone();
+    let beat = tokio::spawn(async move { api.post_json(paths::HEARTBEAT, &request).await });
+    hub.wait_metric("outpost_hub_heartbeat_waiting", 1.0).await;
+    // A second handle on the database: the lease's expiry as the held heartbeat left it when it
+    // arrived.
+    let db = hub.db();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+        .await
+        .expect("task")
+        .expect("open the store");
+    let before = store
+        .next_lease_expiry()
+        .await
+        .expect("read")
+        .expect("a live lease");
+
+    org.api
+        .delete(&paths::runner_token(&org.name, &org.token_id))
+        .await
+        .expect_status(StatusCode::NO_CONTENT);
+    let answer = tokio::time::timeout(DEADLINE, beat)
+        .await
+        .expect("the held heartbeat answers")
+        .expect("task");
+    answer.expect_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized);
+    let after = store
+        .next_lease_expiry()
+        .await
+        .expect("read")
+        .expect("a live lease");
+    assert_eq!(after, before, "the revoked heartbeat renewed the lease");
+}

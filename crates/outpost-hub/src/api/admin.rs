@@ -116,6 +116,7 @@ pub(crate) async fn revoke_runner_token(
         .store
         .revoke_runner_token(org.id, id.clone(), Timestamp::now())
         .await?;
+    state.token_revoked();
     tracing::info!(org = %org.name, token = %id, "runner token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

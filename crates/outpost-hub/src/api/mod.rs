@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use futures_util::FutureExt;
 use outpost_protocol::{ErrorCode, JobState};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HubConfig;
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// Cancelled when the hub begins to shut down: held long-polls answer at once.
     pub stopping: CancellationToken,
+    /// Bumped on every runner-token revocation: held long-polls check their token again.
+    pub revocations: watch::Sender<u64>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -48,6 +51,12 @@ impl Shared {
     pub(crate) fn job_enqueued(&self, org: OrgId, labels: &[String]) {
         self.acquire
             .wake(&org, |runner_labels| labels_match(labels, runner_labels));
+    }
+
+    /// A runner token was revoked: every held acquire and heartbeat checks its token again
+    /// (the revoked one answers 401), instead of finding out only when its hold ends.
+    pub(crate) fn token_revoked(&self) {
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A job ended: its followers finish their streams.

@@ -20,7 +20,7 @@ use super::AppState;
 use super::extract::{ApiJson, ApiPath, ApiQuery, LogBody, RunnerAuth};
 use crate::error::ApiError;
 use crate::secret::new_id;
-use crate::store::{HeartbeatOutcome, NewLease, Org};
+use crate::store::{HeartbeatOutcome, NewLease, Org, SecretHash};
 
 fn check_wait(state: &AppState, wait_s: u64) -> Result<(), ApiError> {
     let max = state.config.max_wait_s;
@@ -30,6 +30,14 @@ fn check_wait(state: &AppState, wait_s: u64) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// Checks again that a runner token is valid (a long-poll may outlive its token).
+async fn check_token(state: &AppState, token: SecretHash) -> Result<(), ApiError> {
+    match state.store.org_by_runner_token(token).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::unauthorized("unknown or revoked runner token")),
+    }
 }
 
 fn unprocessable(message: impl Into<String>) -> ApiError {
@@ -99,12 +107,13 @@ pub(crate) async fn acquire(
     let deadline = Instant::now() + Duration::from_secs(request.wait_s);
     // Registered before the first look at the queue, so an enqueue in between is not missed.
     let waiter = state.acquire.register(org.id, runner.labels.clone());
+    let mut revoked = state.revocations.subscribe();
     let mut first = true;
     loop {
         // A long-poll may outlive its token: a revoked token gets no job, however long ago the
         // request arrived.
-        if !std::mem::take(&mut first) && state.store.org_by_runner_token(token).await?.is_none() {
-            return Err(ApiError::unauthorized("unknown or revoked runner token"));
+        if !std::mem::take(&mut first) {
+            check_token(&state, token).await?;
         }
         let now = Timestamp::now();
         let lease = NewLease {
@@ -135,6 +144,7 @@ pub(crate) async fn acquire(
         }
         tokio::select! {
             () = waiter.woken() => {}
+            Ok(()) = revoked.changed() => {}
             () = tokio::time::sleep_until(deadline) => break,
             () = state.stopping.cancelled() => break,
         }
@@ -167,10 +177,11 @@ async fn renew(
 }
 
 /// `POST /api/v1/runner/heartbeat`: renews the leases, then holds until a listed job gets a
-/// cancel request (or a lease is lost), or the hold ends; renews again when it answers.
+/// cancel request (or a lease is lost), a token is revoked, or the hold ends; then checks the
+/// token again (a revoked one gets 401 and renews nothing) and renews again.
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
-    RunnerAuth(org, _): RunnerAuth,
+    RunnerAuth(org, token): RunnerAuth,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     check_wait(&state, request.wait_s)?;
@@ -180,6 +191,7 @@ pub(crate) async fn heartbeat(
             .heartbeats
             .register(request.runner_id.as_str().to_owned(), ())
     });
+    let mut revoked = state.revocations.subscribe();
     let outcome = renew(&state, &org, &request).await?;
     let Some(waiter) = waiter else {
         return Ok(Json(HeartbeatResponse {
@@ -191,12 +203,20 @@ pub(crate) async fn heartbeat(
             jobs: outcome.statuses,
         }));
     }
-    tokio::select! {
-        () = waiter.woken() => {}
-        () = tokio::time::sleep(hold) => {}
-        () = state.stopping.cancelled() => {}
+    let deadline = Instant::now() + hold;
+    loop {
+        tokio::select! {
+            () = waiter.woken() => break,
+            // Some token was revoked: this one? If not, hold on.
+            Ok(()) = revoked.changed() => check_token(&state, token).await?,
+            () = tokio::time::sleep_until(deadline) => break,
+            () = state.stopping.cancelled() => break,
+        }
     }
     drop(waiter);
+    // The hold may have outlived the token (revoked without a wake-up, e.g. by `outpost-hub
+    // token revoke` on the database file): a revoked one renews nothing.
+    check_token(&state, token).await?;
     let outcome = renew(&state, &org, &request).await?;
     Ok(Json(HeartbeatResponse {
         jobs: outcome.statuses,
