@@ -16,7 +16,7 @@ usage:
   outpost-step receive <dir> [--marker <file>]
   outpost-step run --index <n> --markers <dir> [--when on_success|on_failure|always]
                    [--timeout <duration>] [--grace <duration>] [--verbose]
-                   -- <command> [<arg>...]
+                   [--termination-log <file>] -- <command> [<arg>...]
   outpost-step help | version
 
 durations: whole numbers with units h, m, s, ms, largest first: 90s, 1m30s, 500ms";
@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Notes on stderr for every phase (waiting, deciding, the marker written), for debugging
     /// a pod; off by default, since stderr is the step's log.
     pub verbose: bool,
+    /// A file that gets the marker line too (Kubernetes' `terminationMessagePath`), so that the
+    /// runner reads how the step ended from the pod's status.
+    pub termination_log: Option<PathBuf>,
     /// The program and its arguments, run as given (PATH lookup for the program).
     pub command: Vec<OsString>,
 }
@@ -126,8 +129,17 @@ fn run_args(args: Vec<OsString>) -> Result<RunArgs, Error> {
         1 => true,
         _ => return Err(usage("option `--verbose` is given twice")),
     };
-    let (mut opts, positional) =
-        Options::split(ours, &["index", "markers", "when", "timeout", "grace"])?;
+    let (mut opts, positional) = Options::split(
+        ours,
+        &[
+            "index",
+            "markers",
+            "when",
+            "timeout",
+            "grace",
+            "termination-log",
+        ],
+    )?;
     if let Some(extra) = positional.first() {
         return Err(usage(&format!(
             "unexpected argument `{}` before `--`",
@@ -181,6 +193,7 @@ fn run_args(args: Vec<OsString>) -> Result<RunArgs, Error> {
             parse_duration(&text).map_err(|e| usage(&format!("`--grace {text}`: {e}")))?
         }
     };
+    let termination_log = opts.take("termination-log").map(PathBuf::from);
     opts.finish()?;
     Ok(RunArgs {
         index,
@@ -189,6 +202,7 @@ fn run_args(args: Vec<OsString>) -> Result<RunArgs, Error> {
         timeout,
         grace,
         verbose,
+        termination_log,
         command,
     })
 }
@@ -341,11 +355,15 @@ mod tests {
         );
         check(
             "run --index 2 --markers /m -- sh -c true",
-            r#"Run(RunArgs { index: 2, markers: "/m", when: OnSuccess, timeout: None, grace: 10s, verbose: false, command: ["sh", "-c", "true"] })"#,
+            r#"Run(RunArgs { index: 2, markers: "/m", when: OnSuccess, timeout: None, grace: 10s, verbose: false, termination_log: None, command: ["sh", "-c", "true"] })"#,
         );
         check(
             "run --when=always --timeout 1m30s --grace 0s --verbose --markers /m --index 0 -- sh -c -- --verbose",
-            r#"Run(RunArgs { index: 0, markers: "/m", when: Always, timeout: Some(90s), grace: 0ns, verbose: true, command: ["sh", "-c", "--", "--verbose"] })"#,
+            r#"Run(RunArgs { index: 0, markers: "/m", when: Always, timeout: Some(90s), grace: 0ns, verbose: true, termination_log: None, command: ["sh", "-c", "--", "--verbose"] })"#,
+        );
+        check(
+            "run --index 1 --markers /m --termination-log /dev/termination-log -- true",
+            r#"Run(RunArgs { index: 1, markers: "/m", when: OnSuccess, timeout: None, grace: 10s, verbose: false, termination_log: Some("/dev/termination-log"), command: ["true"] })"#,
         );
         check("_exec -- sh -c x", r#"Exec { command: ["sh", "-c", "x"] }"#);
         check("_exec sh", "`_exec` needs `--` and a command");

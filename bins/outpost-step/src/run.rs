@@ -66,6 +66,13 @@ pub fn run(args: &RunArgs) -> i32 {
             marker_path.display()
         );
     }
+    if let Some(path) = &args.termination_log {
+        // Before the marker: once the marker is there, the next step runs, and this
+        // container's status should already say how this one ended when its process exits.
+        if let Err(e) = std::fs::write(path, format!("{marker}\n")) {
+            eprintln!("outpost-step: cannot write {}: {e}", path.display());
+        }
+    }
     match atomic::write(&marker_path, format!("{marker}\n").as_bytes()) {
         Ok(()) => code,
         Err(e) => {

@@ -39,6 +39,34 @@ fn exit_codes_become_markers() {
 }
 
 #[test]
+fn the_termination_log_gets_the_marker_line_too() {
+    let m = Markers::new();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let log = dir.path().join("termination-log");
+    let log_arg = log.to_str().expect("a UTF-8 path");
+    let args = [
+        "run",
+        "--index",
+        "0",
+        "--markers",
+        m.arg(),
+        "--termination-log",
+        log_arg,
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ];
+    let out = run(&args);
+    assert_eq!(code(out.status), 3);
+    assert_eq!(m.get(0).as_deref(), Some("state=failed exit=3\n"));
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("the termination log"),
+        "state=failed exit=3\n"
+    );
+}
+
+#[test]
 fn the_commands_output_is_inherited() {
     let m = Markers::new();
     let out = run(&[
