@@ -1272,7 +1272,7 @@ impl Worker {
         let spec = self.spec();
         let sandbox = lock(&self.sandbox).clone().unwrap_or_default();
         let volumes = lock(&self.volumes).clone();
-        let mounts: Vec<Mount> = c
+        let mut mounts: Vec<Mount> = c
             .volume_mounts
             .iter()
             .flatten()
@@ -1287,6 +1287,17 @@ impl Worker {
                 })
             })
             .collect();
+        // As the kubelet does: a file of the node bind-mounted at terminationMessagePath, read
+        // into `state.terminated.message` when the container ends.
+        if let Some(file) = self.termination_file(c) {
+            mounts.push(Mount {
+                target: Some(termination_path(c)),
+                source: Some(file.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(false),
+                ..Default::default()
+            });
+        }
         let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
         let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
         let memory = limits
@@ -1363,6 +1374,42 @@ impl Worker {
         }
     }
 
+    /// The node's file behind container `c`'s termination message, made empty and writable by
+    /// any user; `None` when it cannot be made (the container then has no message).
+    fn termination_file(&self, c: &Container) -> Option<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self
+            .cluster
+            .log_dir
+            .join(format!("{}_{}_{}", self.ns, self.name, self.uid))
+            .join(&c.name);
+        let file = dir.join("termination-log");
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&file, b""))
+            .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)));
+        match made {
+            Ok(()) => Some(file),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot make a termination message file");
+                None
+            }
+        }
+    }
+
+    /// What container `name` wrote to its termination message file (at most 4096 bytes, as
+    /// the kubelet keeps), if anything.
+    fn termination_message(&self, name: &str) -> Option<String> {
+        let file = self
+            .cluster
+            .log_dir
+            .join(format!("{}_{}_{}", self.ns, self.name, self.uid))
+            .join(name)
+            .join("termination-log");
+        let mut bytes = std::fs::read(file).ok()?;
+        bytes.truncate(4096);
+        (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Waits for the container's exit; records it (with `OOMKilled` from inspect) once its
     /// output is all logged.
     async fn wait_exit(&self, idx: usize, h: &ContainerRt) -> i64 {
@@ -1425,12 +1472,14 @@ impl Worker {
         } else {
             "Error"
         };
+        let name = lock(&self.state).containers[idx].name.clone();
+        let message = self.termination_message(&name);
         self.set_state(
             idx,
             St::Terminated {
                 exit_code: *code,
                 reason: reason.into(),
-                message: None,
+                message,
                 started_at,
                 finished_at,
                 container_id: format!("docker://{}", h.docker_id),
@@ -1824,6 +1873,14 @@ pub(crate) fn expand(s: &str, vars: &[(String, String)]) -> String {
         i += ch.len_utf8();
     }
     out
+}
+
+/// Where a container's termination message goes (`terminationMessagePath`, default
+/// `/dev/termination-log`).
+fn termination_path(c: &Container) -> String {
+    c.termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".to_owned())
 }
 
 #[cfg(test)]
