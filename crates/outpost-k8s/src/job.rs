@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::caches::CacheClaim;
 use crate::error::{job_error, status_of};
-use crate::logs::{Checkpoint, CursorFile, Piece, ResumePoint, StampParser};
+use crate::logs::{Checkpoint, CursorFile, Piece, StampParser};
 use crate::names::{self, JobNames};
 use crate::outcome::{self, Ended, IMAGE_PULL_REASONS, Phase, PodEnd};
 use crate::spec::{self, PodInputs};
@@ -686,37 +686,30 @@ impl<'a> JobRun<'a> {
         Ok(())
     }
 
-    /// Follows step `step`'s log from `point` (skipping up to `consumed`), then waits for the
-    /// container's end; the step's outcome.
+    /// Follows step `step`'s log from checkpoint `from` (the start without one), skipping up
+    /// to `consumed`, then waits for the container's end; the step's outcome.
     async fn follow_step(
         &mut self,
         step: &StepSpec,
-        point: ResumePoint,
+        from: Option<Checkpoint>,
         consumed: u64,
     ) -> Result<StepEnd, ExecutorError> {
         let container = names::step_container(step.index);
-        let mut point = point;
+        let mut from = from;
         let mut consumed = consumed;
-        let mut expect_second = point.since;
         loop {
             let lp = LogParams {
                 container: Some(container.clone()),
                 follow: true,
                 timestamps: true,
-                since_time: point
-                    .since
-                    .and_then(|s| jiff::Timestamp::from_second(s).ok()),
+                since_time: from.and_then(|c| jiff::Timestamp::from_second(c.at.as_second()).ok()),
                 ..LogParams::default()
             };
-            let read = self
-                .read_log(step, &lp, point.offset, &mut consumed, &mut expect_second)
-                .await?;
-            match read {
+            match self.read_log(step, &lp, from, &mut consumed).await? {
                 LogEnd::Eof => break,
                 LogEnd::Broken(e) => {
                     tracing::info!(pod = %self.names.pod, %container, error = %e, "the log stream broke; resuming");
-                    point = ResumePoint::pick(&self.checkpoints, step.index, consumed);
-                    expect_second = point.since;
+                    from = Checkpoint::pick(&self.checkpoints, step.index, consumed);
                 }
             }
         }
@@ -736,7 +729,7 @@ impl<'a> JobRun<'a> {
             Wait::Stop(stop) => {
                 let o = self.stop_outcome(&step.name, stop.clone()).await?;
                 if stop == Stop::Deadline {
-                    return Ok(self.deadline_end(step, None));
+                    return Ok(self.deadline_end(step, None).await?);
                 }
                 self.report_failure(step, &o).await?;
                 return Ok(StepEnd::of(o));
@@ -745,13 +738,20 @@ impl<'a> JobRun<'a> {
         self.step_ended(step, &ended).await
     }
 
-    fn deadline_end(&mut self, step: &StepSpec, exit: Option<i32>) -> StepEnd {
+    /// The end of a step stopped by the pod's deadline, with the pod's events in its log.
+    async fn deadline_end(
+        &mut self,
+        step: &StepSpec,
+        exit: Option<i32>,
+    ) -> Result<StepEnd, ExecutorError> {
         let limit = self
             .job
             .timeout
             .unwrap_or(self.shared.config.default_timeout);
         self.broken = Some("the job's deadline passed".to_owned());
-        StepEnd::job_timeout(step, limit, exit)
+        let end = StepEnd::job_timeout(step, limit, exit);
+        self.report_failure(step, &end.outcome).await?;
+        Ok(end)
     }
 
     /// The outcome of a step whose container ended.
@@ -781,7 +781,7 @@ impl<'a> JobRun<'a> {
                 .await?;
             match end {
                 Wait::Ready(Some(PodEnd::Deadline)) | Wait::Stop(Stop::Deadline) => {
-                    return Ok(self.deadline_end(step, Some(ended.exit_code)));
+                    return Ok(self.deadline_end(step, Some(ended.exit_code)).await?);
                 }
                 Wait::Ready(Some(PodEnd::Broken(m))) | Wait::Stop(Stop::Broken(m)) => {
                     o = outcome::infrastructure(m);
@@ -806,38 +806,49 @@ impl<'a> JobRun<'a> {
         Ok(StepEnd::of(o))
     }
 
-    /// Reads one log request to its end, sending the output and writing checkpoints.
+    /// Reads one log request to its end, sending the output past `consumed` and writing
+    /// checkpoints. With `from`, the read began at its second: lines stamped before its time
+    /// are dropped, and its line, found by its exact time, is at its offset.
     async fn read_log(
         &mut self,
         step: &StepSpec,
         lp: &LogParams,
-        mut offset: u64,
+        from: Option<Checkpoint>,
         consumed: &mut u64,
-        expect_second: &mut Option<i64>,
     ) -> Result<LogEnd, ExecutorError> {
         let stream = self.pods.log_stream(&self.names.pod, lp).await;
         let mut stream = match stream {
             Ok(s) => Box::pin(s),
             Err(e) => {
-                return Err(self.err(
-                    format!(
-                        "follow the log of {}/{}",
-                        self.names.pod,
-                        names::step_container(step.index)
-                    ),
-                    &e,
-                ));
+                let what = format!(
+                    "follow the log of {}/{}",
+                    self.names.pod,
+                    names::step_container(step.index)
+                );
+                return Err(self.err(what, &e));
             }
         };
         let mut parser = StampParser::default();
-        let mut last_second = self
-            .checkpoints
-            .iter()
-            .filter(|c| c.step == step.index)
-            .map(|c| c.second)
-            .max();
+        let mut f = Follow {
+            step: step.index,
+            offset: from.map_or(0, |c| c.offset),
+            syncing: from,
+            dropping: false,
+            previous: None,
+            last: self
+                .checkpoints
+                .iter()
+                .filter(|c| c.step == step.index)
+                .max_by_key(|c| c.offset)
+                .map(|c| (c.at.as_second(), c.offset)),
+            consumed: *consumed,
+            out: Vec::new(),
+            marks: Vec::new(),
+            gap: None,
+        };
         let mut cancel_seen = false;
-        loop {
+        let mut ended = false;
+        while !ended {
             let chunk = tokio::select! {
                 chunk = stream.fill_buf() => match chunk {
                     Ok([]) => None,
@@ -851,87 +862,44 @@ impl<'a> JobRun<'a> {
                     continue;
                 }
             };
-            let chunk = match chunk {
-                None => break,
-                Some(Ok(c)) => c,
-                Some(Err(e)) => return Ok(LogEnd::Broken(e.to_string())),
-            };
-            stream.consume_unpin(chunk.len());
-            let mut out: Vec<u8> = Vec::new();
-            let mut marks: Vec<Checkpoint> = Vec::new();
-            let mut notes: Vec<String> = Vec::new();
-            let skip_to = *consumed;
-            parser.feed(&chunk, &mut |piece| match piece {
-                Piece::Stamp(ts) => {
-                    let second = ts.as_second();
-                    if let Some(expected) = expect_second.take()
-                        && second != expected
-                    {
-                        notes.push(format!(
-                            "the log lines of step `{}` from {} on were rotated away by the kubelet \
-                             while no runner read them; going on from {ts}",
-                            step.name,
-                            jiff::Timestamp::from_second(expected).map_or_else(|_| expected.to_string(), |t| t.to_string())
-                        ));
-                        // Where the bytes before this line went cannot be known: none is skipped.
-                        offset = skip_to;
-                    }
-                    if last_second.is_none_or(|s| second > s) {
-                        last_second = Some(second);
-                        marks.push(Checkpoint {
-                            step: step.index,
-                            second,
-                            offset,
-                        });
-                    }
+            match chunk {
+                None => {
+                    parser.finish(&mut |piece| f.piece(piece));
+                    ended = true;
                 }
-                Piece::Content(c) => {
-                    let len = c.len() as u64;
-                    let end = offset + len;
-                    if end > skip_to {
-                        let from = skip_to.saturating_sub(offset) as usize;
-                        out.extend_from_slice(&c[from..]);
-                    }
-                    offset = end;
+                Some(Ok(c)) => {
+                    stream.consume_unpin(c.len());
+                    parser.feed(&c, &mut |piece| f.piece(piece));
                 }
-            });
-            for n in &notes {
-                self.note(step, n).await?;
+                Some(Err(e)) => {
+                    *consumed = f.consumed;
+                    return Ok(LogEnd::Broken(e.to_string()));
+                }
             }
-            for m in marks {
+            if let Some(at) = f.gap.take() {
+                let text = format!(
+                    "the start of the log lines of step `{}` from {at} on was rotated away by \
+                     the kubelet while no runner read them; going on from the oldest line kept",
+                    step.name
+                );
+                self.note(step, &text).await?;
+            }
+            for m in std::mem::take(&mut f.marks) {
                 self.checkpoints.push(m);
                 self.cursor.append(m).await.map_err(ExecutorError::from)?;
             }
-            if !out.is_empty() {
-                *consumed = (*consumed).max(offset);
+            if !f.out.is_empty() {
+                let data = Bytes::from(std::mem::take(&mut f.out));
+                *consumed = f.consumed;
                 self.send(ExecEvent::Output {
                     index: step.index,
                     stream: OutputStream::Stdout,
-                    data: Bytes::from(out),
+                    data,
                 })
                 .await?;
             }
         }
-        let mut out: Vec<u8> = Vec::new();
-        parser.finish(&mut |piece| {
-            if let Piece::Content(c) = piece {
-                let len = c.len() as u64;
-                if offset + len > *consumed {
-                    let from = consumed.saturating_sub(offset) as usize;
-                    out.extend_from_slice(&c[from..]);
-                }
-                offset += len;
-            }
-        });
-        if !out.is_empty() {
-            *consumed = (*consumed).max(offset);
-            self.send(ExecEvent::Output {
-                index: step.index,
-                stream: OutputStream::Stdout,
-                data: Bytes::from(out),
-            })
-            .await?;
-        }
+        *consumed = f.consumed;
         Ok(LogEnd::Eof)
     }
 
@@ -939,7 +907,7 @@ impl<'a> JobRun<'a> {
     async fn step_from_start(
         &mut self,
         step: &StepSpec,
-        point: ResumePoint,
+        from: Option<Checkpoint>,
         consumed: u64,
         report_start: bool,
     ) -> Result<StepEnd, ExecutorError> {
@@ -957,7 +925,7 @@ impl<'a> JobRun<'a> {
                 if report_start {
                     self.started(step).await?;
                 }
-                self.follow_step(step, point, consumed).await
+                self.follow_step(step, from, consumed).await
             }
             Wait::Stop(stop) => {
                 if report_start {
@@ -966,7 +934,7 @@ impl<'a> JobRun<'a> {
                 let deadline = stop == Stop::Deadline;
                 let o = self.stop_outcome(&step.name, stop).await?;
                 if deadline {
-                    return Ok(self.deadline_end(step, None));
+                    return Ok(self.deadline_end(step, None).await?);
                 }
                 if o.state != outpost_protocol::StepState::Cancelled {
                     self.report_failure(step, &o).await?;
@@ -980,6 +948,80 @@ impl<'a> JobRun<'a> {
 enum LogEnd {
     Eof,
     Broken(String),
+}
+
+/// Where one log read is: the step's output offset, the checkpoint it looks for, what goes out.
+struct Follow {
+    step: u32,
+    offset: u64,
+    /// The checkpoint whose line the read has not reached yet.
+    syncing: Option<Checkpoint>,
+    /// Inside a line stamped before that checkpoint (dropped).
+    dropping: bool,
+    /// The previous line's timestamp.
+    previous: Option<jiff::Timestamp>,
+    /// The second and offset of the step's last checkpoint.
+    last: Option<(i64, u64)>,
+    /// Output bytes the runner has (sent before, or now in `out`).
+    consumed: u64,
+    out: Vec<u8>,
+    marks: Vec<Checkpoint>,
+    /// The checkpoint's line was gone (rotated): its time, to say so.
+    gap: Option<jiff::Timestamp>,
+}
+
+impl Follow {
+    fn piece(&mut self, piece: Piece<'_>) {
+        match piece {
+            Piece::Stamp(ts) => {
+                if let Some(cp) = self.syncing {
+                    if ts < cp.at {
+                        self.dropping = true;
+                        self.previous = Some(ts);
+                        return;
+                    }
+                    self.syncing = None;
+                    self.dropping = false;
+                    if ts == cp.at {
+                        self.offset = cp.offset;
+                    } else {
+                        // Where this line is in the step's output cannot be known: nothing is
+                        // skipped.
+                        self.gap = Some(cp.at);
+                        self.offset = self.consumed;
+                    }
+                }
+                let new_second = self.last.is_none_or(|(s, _)| ts.as_second() > s);
+                let far = self
+                    .last
+                    .is_none_or(|(_, o)| self.offset >= o + crate::logs::CHECKPOINT_BYTES);
+                let after = self.last.is_none_or(|(_, o)| self.offset > o);
+                if self.previous != Some(ts) && (new_second || far) && after {
+                    self.last = Some((ts.as_second(), self.offset));
+                    self.marks.push(Checkpoint {
+                        step: self.step,
+                        at: ts,
+                        offset: self.offset,
+                    });
+                }
+                self.previous = Some(ts);
+            }
+            Piece::Content(c) => {
+                if self.dropping || self.syncing.is_some() {
+                    return;
+                }
+                let len = c.len() as u64;
+                let end = self.offset + len;
+                if end > self.consumed {
+                    let from = usize::try_from(self.consumed.saturating_sub(self.offset))
+                        .unwrap_or(usize::MAX);
+                    self.out.extend_from_slice(&c[from.min(c.len())..]);
+                    self.consumed = end;
+                }
+                self.offset = end;
+            }
+        }
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -1005,11 +1047,7 @@ impl StepRunner for JobRun<'_> {
             // Its wrapper waits for a marker that never comes: the pod cannot run it.
             return Ok(StepEnd::of(StepOutcome::skipped()));
         }
-        let start = ResumePoint {
-            since: None,
-            offset: 0,
-        };
-        self.step_from_start(step, start, 0, true).await
+        self.step_from_start(step, None, 0, true).await
     }
 
     async fn resume_step(
@@ -1021,8 +1059,8 @@ impl StepRunner for JobRun<'_> {
         if let Some(why) = &self.broken {
             return Ok(StepEnd::of(outcome::infrastructure(why.clone())));
         }
-        let point = ResumePoint::pick(&self.checkpoints, step.index, resume.output_bytes);
-        self.step_from_start(step, point, resume.output_bytes, false)
+        let from = Checkpoint::pick(&self.checkpoints, step.index, resume.output_bytes);
+        self.step_from_start(step, from, resume.output_bytes, false)
             .await
     }
 
@@ -1055,5 +1093,113 @@ impl StepRunner for JobRun<'_> {
                 step.name
             )),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log of `lines` as (second, nanos, text), read with `from` after `consumed` bytes: what
+    /// goes out, and the checkpoints written.
+    fn read(
+        lines: &[(i64, i32, &str)],
+        from: Option<Checkpoint>,
+        consumed: u64,
+        known: &[Checkpoint],
+    ) -> (String, Vec<Checkpoint>, bool) {
+        let mut f = Follow {
+            step: 0,
+            offset: from.map_or(0, |c| c.offset),
+            syncing: from,
+            dropping: false,
+            previous: None,
+            last: known
+                .iter()
+                .max_by_key(|c| c.offset)
+                .map(|c| (c.at.as_second(), c.offset)),
+            consumed,
+            out: Vec::new(),
+            marks: Vec::new(),
+            gap: None,
+        };
+        let mut p = StampParser::default();
+        for (s, n, text) in lines {
+            let ts = jiff::Timestamp::new(*s, *n).expect("in range");
+            let line = format!("{ts} {text}\n");
+            p.feed(line.as_bytes(), &mut |piece| f.piece(piece));
+        }
+        p.finish(&mut |piece| f.piece(piece));
+        (
+            String::from_utf8(f.out).expect("utf-8"),
+            f.marks,
+            f.gap.is_some(),
+        )
+    }
+
+    fn log() -> Vec<(i64, i32, &'static str)> {
+        vec![
+            (100, 1, "a"),
+            (100, 2, "b"),
+            (101, 1, "c"),
+            (101, 5, "d"),
+            (102, 0, "e"),
+        ]
+    }
+
+    #[test]
+    fn a_first_read_sends_everything_and_checkpoints_each_second() {
+        let (out, marks, gap) = read(&log(), None, 0, &[]);
+        assert_eq!(out, "a\nb\nc\nd\ne\n");
+        assert!(!gap);
+        let got: Vec<(i64, u64)> = marks.iter().map(|m| (m.at.as_second(), m.offset)).collect();
+        assert_eq!(got, [(100, 0), (101, 4), (102, 8)]);
+    }
+
+    #[test]
+    fn a_resume_finds_its_line_by_time_and_skips_what_was_sent() {
+        let (_, marks, _) = read(&log(), None, 0, &[]);
+        // 7 bytes were sent ("a b c d" minus the last newline): from the 101 checkpoint.
+        let from = Checkpoint::pick(&marks, 0, 7);
+        assert_eq!(from.map(|c| c.offset), Some(4));
+        // sinceTime=101 returns the lines from second 101 on; one of them, stamped before the
+        // checkpoint's line, is not the checkpoint's.
+        let since: Vec<_> = log().into_iter().filter(|l| l.0 >= 101).collect();
+        let (out, more, gap) = read(&since, from, 7, &marks);
+        assert_eq!(out, "\ne\n");
+        assert!(!gap);
+        assert!(more.is_empty(), "no checkpoint twice: {more:?}");
+        // A line of the same second stamped before the checkpoint's is dropped, not sent.
+        let cp = Checkpoint {
+            step: 0,
+            at: jiff::Timestamp::new(101, 5).expect("in range"),
+            offset: 6,
+        };
+        let (out, _, gap) = read(&since, Some(cp), 6, &[cp]);
+        assert_eq!(out, "d\ne\n");
+        assert!(!gap);
+    }
+
+    #[test]
+    fn a_rotated_away_checkpoint_line_is_said_and_nothing_skipped() {
+        let cp = Checkpoint {
+            step: 0,
+            at: jiff::Timestamp::new(100, 1).expect("in range"),
+            offset: 0,
+        };
+        let rest: Vec<_> = log().into_iter().skip(3).collect();
+        let (out, _, gap) = read(&rest, Some(cp), 6, &[cp]);
+        assert!(gap);
+        assert_eq!(out, "d\ne\n");
+    }
+
+    #[test]
+    fn bursts_get_a_checkpoint_every_so_many_bytes() {
+        let big = "x".repeat(100 * 1024);
+        let lines: Vec<(i64, i32, &str)> = (0..8).map(|i| (200, i + 1, big.as_str())).collect();
+        let (_, marks, _) = read(&lines, None, 0, &[]);
+        let offsets: Vec<u64> = marks.iter().map(|m| m.offset).collect();
+        let line = big.len() as u64 + 1;
+        assert_eq!(offsets, [0, 3 * line, 6 * line]);
     }
 }

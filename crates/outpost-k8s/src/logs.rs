@@ -2,17 +2,21 @@
 //! the bytes go out, and serve to resume after a runner restart without re-reading from byte 0
 //! (the kubelet rotates container logs, 10 MiB by default, and serves only the current file).
 //!
-//! Whenever the second of a line's timestamp changes, the follower appends a checkpoint
-//! `(step, second S, offset)` to the job's cursor file: `offset` is the step's output bytes before
-//! that line, the first whose timestamp is ≥ S. To resume after `output_bytes`, the last
-//! checkpoint of the step with `offset ≤ output_bytes` gives where to read from (`sinceTime=S`,
-//! which has second precision) and how much to skip (`output_bytes - offset`). Without a usable
-//! checkpoint the log is read from its start and `output_bytes` skipped.
+//! The follower appends checkpoints `(step, time, offset)` to the job's cursor file: `time` is
+//! the exact timestamp of a line, `offset` the step's output bytes before it. One is written
+//! whenever the second of the lines' timestamps changes and every [`CHECKPOINT_BYTES`] of
+//! output, at a line whose timestamp differs from the line's before it. To resume after
+//! `output_bytes`, the last checkpoint of the step with `offset ≤ output_bytes` gives the read:
+//! `sinceTime` its second (the API has second precision), lines stamped before its time dropped
+//! (they come before it), its line found again by its exact time, and `output_bytes - offset`
+//! bytes skipped from there. Without a checkpoint the log is read from its start and
+//! `output_bytes` skipped.
 //!
 //! Limits, which are the kubelet's: the bytes of one line that holds a write split over several
 //! runtime records carry the first record's time; stdout and stderr arrive merged (as
-//! `Stdout`); and the checkpoint's line is gone when the step wrote more than the rotation size
-//! while no runner was reading, in which case the follower says in the log how it resumed.
+//! `Stdout`); and a checkpoint's line is gone when the step wrote more than the rotation size
+//! while no runner was reading, in which case the follower says so in the log and goes on from
+//! the oldest line the kubelet still has.
 
 use std::path::{Path, PathBuf};
 
@@ -108,46 +112,33 @@ impl StampParser {
     }
 }
 
+/// Output bytes between two checkpoints within one second, well below the kubelet's rotation
+/// size (10 MiB), so that a burst that rotates the log still leaves a checkpoint in the current
+/// file.
+pub const CHECKPOINT_BYTES: u64 = 256 * 1024;
+
 /// One checkpoint of a step's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
     pub step: u32,
-    /// Unix seconds.
-    pub second: i64,
-    /// The step's output bytes before the first line stamped at or after `second`.
+    /// The exact timestamp of the line.
+    pub at: Timestamp,
+    /// The step's output bytes before the line.
     pub offset: u64,
 }
 
-/// Where to read a step's log from to go on after `output_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResumePoint {
-    /// `sinceTime` (Unix seconds), `None` to read from the start.
-    pub since: Option<i64>,
-    /// The offset of the first byte the read returns.
-    pub offset: u64,
-}
-
-impl ResumePoint {
-    /// The last checkpoint of `step` at or before `output_bytes`, else the start.
-    pub fn pick(checkpoints: &[Checkpoint], step: u32, output_bytes: u64) -> ResumePoint {
+impl Checkpoint {
+    /// The last checkpoint of `step` at or before `output_bytes`.
+    pub fn pick(checkpoints: &[Checkpoint], step: u32, output_bytes: u64) -> Option<Checkpoint> {
         checkpoints
             .iter()
             .filter(|c| c.step == step && c.offset <= output_bytes)
-            .max_by_key(|c| (c.offset, c.second))
-            .map_or(
-                ResumePoint {
-                    since: None,
-                    offset: 0,
-                },
-                |c| ResumePoint {
-                    since: Some(c.second),
-                    offset: c.offset,
-                },
-            )
+            .max_by_key(|c| (c.offset, c.at))
+            .copied()
     }
 }
 
-/// The job's cursor file: `<state_dir>/kubernetes/<job>.cursor`, one `step second offset` line
+/// The job's cursor file: `<state_dir>/kubernetes/<job>.cursor`, one `step nanoseconds offset` line
 /// per checkpoint, appended (a torn last line is ignored when read).
 #[derive(Debug)]
 pub struct CursorFile {
@@ -199,7 +190,7 @@ impl CursorFile {
                 .map_err(err)?;
             self.file = Some(f);
         }
-        let line = format!("{} {} {}\n", c.step, c.second, c.offset);
+        let line = format!("{} {} {}\n", c.step, c.at.as_nanosecond(), c.offset);
         if let Some(f) = self.file.as_mut() {
             f.write_all(line.as_bytes()).await.map_err(err)?;
             f.flush().await.map_err(err)?;
@@ -219,9 +210,11 @@ fn parse_checkpoints(text: &str) -> Vec<Checkpoint> {
         .filter(|l| l.ends_with('\n'))
         .filter_map(|l| {
             let mut f = l.split_whitespace();
+            let step = f.next()?.parse().ok()?;
+            let nanos: i128 = f.next()?.parse().ok()?;
             let c = Checkpoint {
-                step: f.next()?.parse().ok()?,
-                second: f.next()?.parse().ok()?,
+                step,
+                at: Timestamp::from_nanosecond(nanos).ok()?,
                 offset: f.next()?.parse().ok()?,
             };
             f.next().is_none().then_some(c)
@@ -266,11 +259,15 @@ mod tests {
         check(&["2026-01-01T00:00:0"], "2026-01-01T00:00:0");
     }
 
+    fn at(second: i64, nanos: i32) -> Timestamp {
+        Timestamp::new(second, nanos).expect("in range")
+    }
+
     #[test]
     fn resume_points() {
         let c = |step, second, offset| Checkpoint {
             step,
-            second,
+            at: at(second, 5),
             offset,
         };
         let cps = [
@@ -280,44 +277,15 @@ mod tests {
             c(1, 22, 900),
             c(1, 25, 4000),
         ];
-        let pick = |step, bytes| ResumePoint::pick(&cps, step, bytes);
+        let pick =
+            |step, bytes| Checkpoint::pick(&cps, step, bytes).map(|c| (c.at.as_second(), c.offset));
+        assert_eq!(pick(1, 1000), Some((22, 900)));
+        assert_eq!(pick(1, 900), Some((22, 900)));
+        assert_eq!(pick(1, 899), Some((20, 0)));
+        assert_eq!(pick(0, 9999), Some((11, 500)));
+        assert_eq!(pick(2, 5), None);
         assert_eq!(
-            pick(1, 1000),
-            ResumePoint {
-                since: Some(22),
-                offset: 900
-            }
-        );
-        assert_eq!(
-            pick(1, 900),
-            ResumePoint {
-                since: Some(22),
-                offset: 900
-            }
-        );
-        assert_eq!(
-            pick(1, 899),
-            ResumePoint {
-                since: Some(20),
-                offset: 0
-            }
-        );
-        assert_eq!(
-            pick(0, 9999),
-            ResumePoint {
-                since: Some(11),
-                offset: 500
-            }
-        );
-        assert_eq!(
-            pick(2, 5),
-            ResumePoint {
-                since: None,
-                offset: 0
-            }
-        );
-        assert_eq!(
-            parse_checkpoints("0 10 0\n1 20 5\n1 2"),
+            parse_checkpoints("0 10000000005 0\n1 20000000005 5\n1 2"),
             vec![c(0, 10, 0), c(1, 20, 5)]
         );
     }
@@ -329,7 +297,7 @@ mod tests {
         assert!(f.load().await.expect("load").is_empty());
         let c = Checkpoint {
             step: 2,
-            second: 1_700_000_000,
+            at: at(1_700_000_000, 123_456_789),
             offset: 42,
         };
         f.append(c).await.expect("append");

@@ -69,7 +69,12 @@ fn state_phase(state: &ContainerState) -> Phase {
 }
 
 /// Waiting reasons that mean an image cannot be had.
-pub const IMAGE_PULL_REASONS: [&str; 3] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
+pub const IMAGE_PULL_REASONS: [&str; 4] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
 
 /// What ended the pod as a whole, when something did.
 #[derive(Debug, Clone, PartialEq, Eq)]
