@@ -729,7 +729,7 @@ impl<'a> JobRun<'a> {
             Wait::Stop(stop) => {
                 let o = self.stop_outcome(&step.name, stop.clone()).await?;
                 if stop == Stop::Deadline {
-                    return Ok(self.deadline_end(step, None).await?);
+                    return self.deadline_end(step, None).await;
                 }
                 self.report_failure(step, &o).await?;
                 return Ok(StepEnd::of(o));
@@ -781,7 +781,7 @@ impl<'a> JobRun<'a> {
                 .await?;
             match end {
                 Wait::Ready(Some(PodEnd::Deadline)) | Wait::Stop(Stop::Deadline) => {
-                    return Ok(self.deadline_end(step, Some(ended.exit_code)).await?);
+                    return self.deadline_end(step, Some(ended.exit_code)).await;
                 }
                 Wait::Ready(Some(PodEnd::Broken(m))) | Wait::Stop(Stop::Broken(m)) => {
                     o = outcome::infrastructure(m);
@@ -934,7 +934,7 @@ impl<'a> JobRun<'a> {
                 let deadline = stop == Stop::Deadline;
                 let o = self.stop_outcome(&step.name, stop).await?;
                 if deadline {
-                    return Ok(self.deadline_end(step, None).await?);
+                    return self.deadline_end(step, None).await;
                 }
                 if o.state != outpost_protocol::StepState::Cancelled {
                     self.report_failure(step, &o).await?;
