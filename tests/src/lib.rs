@@ -68,7 +68,7 @@ pub async fn running_job(hub: &TestHub, org: &Org, runner: &TestRunner) -> JobAs
     let assignment = assigned_job(hub, org, runner).await;
     let mut update = step(0, "build", StepState::Running);
     update.started_at = Some(Timestamp::now());
-    runner.step(&assignment.job_id, &update).await.expect(200);
+    runner.step(&assignment, &update).await.expect(200);
     assert_eq!(
         hub.job(org, &assignment.job_id).await.state,
         JobState::Running

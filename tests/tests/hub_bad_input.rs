@@ -58,7 +58,7 @@ async fn bad_runner_requests_are_4xx_with_an_error_body_and_change_nothing() {
     let (org, runner) = org_with_runner(&hub).await;
     let job = assigned_job(&hub, &org, &runner).await;
     let id = job.job_id.as_str();
-    runner.append_log_ok(id, 0, "0123456789").await;
+    runner.append_log_ok(&job, 0, "0123456789").await;
     let r = &runner.http;
     let rid = runner.runner_id.as_str();
     use Expect::{Any4xx, Exactly};
@@ -68,11 +68,14 @@ async fn bad_runner_requests_are_4xx_with_an_error_body_and_change_nothing() {
     let register = paths::REGISTER;
     let acquire = paths::ACQUIRE;
     let heartbeat = paths::HEARTBEAT;
-    let steps = paths::job_steps(id);
+    let lease = job.lease_id.as_str();
+    let steps = paths::job_steps(id, lease);
     let steps = steps.as_str();
+    let steps_without_lease = format!("/api/v1/runner/jobs/{id}/steps");
+    let steps_other_lease = paths::job_steps(id, "l_00000000000000000000");
     let complete = paths::job_complete(id);
     let complete = complete.as_str();
-    let unknown_steps = paths::job_steps("no-such-job");
+    let unknown_steps = paths::job_steps("no-such-job", lease);
     let unknown_complete = paths::job_complete("no-such-job");
     let json_cases: Vec<(&str, &str, String, Expect)> = vec![
         ("register: malformed json", register, r#"{"name": "#.into(), bad_request),
@@ -176,6 +179,18 @@ async fn bad_runner_requests_are_4xx_with_an_error_body_and_change_nothing() {
             Any4xx,
         ),
         (
+            "steps: no lease id",
+            &steps_without_lease,
+            r#"{"index": 0, "name": "build", "state": "running"}"#.into(),
+            bad_request,
+        ),
+        (
+            "steps: another lease",
+            &steps_other_lease,
+            r#"{"index": 0, "name": "build", "state": "running"}"#.into(),
+            Exactly(409, ErrorCode::LeaseMismatch),
+        ),
+        (
             "steps: unknown job",
             &unknown_steps,
             r#"{"index": 0, "name": "build", "state": "running"}"#.into(),
@@ -232,20 +247,32 @@ async fn bad_runner_requests_are_4xx_with_an_error_body_and_change_nothing() {
             bad_request,
         ),
         (
+            "log: no lease id",
+            format!("/api/v1/runner/jobs/{id}/log?offset=10"),
+            b"x".to_vec(),
+            bad_request,
+        ),
+        (
+            "log: another lease",
+            paths::job_log(id, "l_00000000000000000000", 10),
+            b"x".to_vec(),
+            Exactly(409, ErrorCode::LeaseMismatch),
+        ),
+        (
             "log: unknown job",
-            paths::job_log("no-such-job", 0),
+            paths::job_log("no-such-job", lease, 0),
             b"x".to_vec(),
             not_found,
         ),
         (
             "log: oversized chunk",
-            paths::job_log(id, 10),
+            paths::job_log(id, lease, 10),
             vec![b'x'; MAX_LOG_CHUNK + 1],
             Exactly(413, ErrorCode::PayloadTooLarge),
         ),
         (
             "log: far past committed",
-            paths::job_log(id, u64::MAX),
+            paths::job_log(id, lease, u64::MAX),
             b"x".to_vec(),
             Any4xx,
         ),
@@ -262,7 +289,7 @@ async fn bad_runner_requests_are_4xx_with_an_error_body_and_change_nothing() {
     assert!(details.steps.is_empty(), "{details:?}");
     assert_eq!(hub.log(&org, id).await, b"0123456789");
     runner
-        .step(id, &step(0, "build", StepState::Running))
+        .step(&job, &step(0, "build", StepState::Running))
         .await
         .expect(200);
     let done = CompleteRequest {
@@ -280,7 +307,7 @@ async fn bad_admin_requests_are_4xx_with_an_error_body_and_change_nothing() {
     let hub = TestHub::start().await;
     let (org, runner) = org_with_runner(&hub).await;
     let job = assigned_job(&hub, &org, &runner).await;
-    runner.append_log_ok(&job.job_id, 0, "abc").await;
+    runner.append_log_ok(&job, 0, "abc").await;
     let o = hub.as_org(&org);
     let admin = hub.admin();
     let n = org.name.as_str();

@@ -42,10 +42,7 @@ async fn a_torn_tail_past_the_committed_length_is_cut_back_after_a_kill() {
     let mut hub = TestHub::start().await;
     let (org, runner) = org_with_runner(&hub).await;
     let job = running_job(&hub, &org, &runner).await;
-    assert_eq!(
-        runner.append_log_ok(&job.job_id, 0, "acknowledged\n").await,
-        13
-    );
+    assert_eq!(runner.append_log_ok(&job, 0, "acknowledged\n").await, 13);
     let file = log_file(&hub, job.job_id.as_str());
     assert_eq!(read(&file), b"acknowledged\n");
 
@@ -59,9 +56,9 @@ async fn a_torn_tail_past_the_committed_length_is_cut_back_after_a_kill() {
 
     assert_eq!(hub.log(&org, job.job_id.as_str()).await, b"acknowledged\n");
     assert_eq!(hub.job(&org, job.job_id.as_str()).await.log_bytes, 13);
-    let gap = runner.append_log(&job.job_id, 113, "x").await;
+    let gap = runner.append_log(&job, 113, "x").await;
     assert_eq!(gap.expect_error(409, ErrorCode::LogGap).committed, Some(13));
-    assert_eq!(runner.append_log_ok(&job.job_id, 13, "after\n").await, 19);
+    assert_eq!(runner.append_log_ok(&job, 13, "after\n").await, 19);
     assert_eq!(
         read(&file),
         b"acknowledged\nafter\n",
@@ -107,9 +104,7 @@ async fn a_follower_reads_a_growing_log_from_the_file_and_stops_with_the_job() {
     assert_eq!(follow.status.as_u16(), 200, "{follow:?}");
     for (i, piece) in expected.chunks(PIECE).enumerate() {
         let offset = (i * PIECE) as u64;
-        let committed = runner
-            .append_log_ok(&job.job_id, offset, piece.to_vec())
-            .await;
+        let committed = runner.append_log_ok(&job, offset, piece.to_vec()).await;
         assert_eq!(committed, offset + piece.len() as u64);
         // Each appended piece reaches the follower before the next one is sent.
         follow
@@ -153,15 +148,13 @@ async fn retention_deletes_finished_jobs_with_their_files_and_keeps_unfinished_o
         .await;
     let (org, runner) = org_with_runner(&hub).await;
     let finished = running_job(&hub, &org, &runner).await;
-    runner
-        .append_log_ok(&finished.job_id, 0, "finished\n")
-        .await;
+    runner.append_log_ok(&finished, 0, "finished\n").await;
     let done = TestRunner::completion(&finished, JobResult::Success, None, 9);
     runner.complete(&finished.job_id, &done).await.expect(200);
     let finished_file = log_file(&hub, finished.job_id.as_str());
     let unfinished = running_job(&hub, &org, &runner).await;
     runner
-        .append_log_ok(&unfinished.job_id, 0, "still running\n")
+        .append_log_ok(&unfinished, 0, "still running\n")
         .await;
     let unfinished_file = log_file(&hub, unfinished.job_id.as_str());
 
@@ -210,7 +203,7 @@ async fn a_log_file_whose_job_is_gone_is_removed_at_start() {
     let mut hub = TestHub::start().await;
     let (org, runner) = org_with_runner(&hub).await;
     let job = running_job(&hub, &org, &runner).await;
-    runner.append_log_ok(&job.job_id, 0, "kept\n").await;
+    runner.append_log_ok(&job, 0, "kept\n").await;
     let kept = log_file(&hub, job.job_id.as_str());
     hub.kill().await;
     // What a crash between deleting a job's rows and removing its file leaves behind.

@@ -44,18 +44,16 @@ async fn a_hub_killed_mid_job_loses_nothing_it_acknowledged() {
 
     // A finished job: log, step and completion acknowledged.
     let finished = assigned_job(&hub, &org, &runner).await;
-    runner
-        .append_log_ok(&finished.job_id, 0, "finished log\n")
-        .await;
+    runner.append_log_ok(&finished, 0, "finished log\n").await;
     let mut fin_step = step(0, "build", StepState::Success);
     fin_step.exit_code = Some(0);
-    runner.step(&finished.job_id, &fin_step).await.expect(200);
+    runner.step(&finished, &fin_step).await.expect(200);
     let done = TestRunner::completion(&finished, JobResult::Success, None, 13);
     runner.complete(&finished.job_id, &done).await.expect(200);
     // A running job with a step and some log.
     let running = running_job(&hub, &org, &runner).await;
     let committed = runner
-        .append_log_ok(&running.job_id, 0, "before the crash\n")
+        .append_log_ok(&running, 0, "before the crash\n")
         .await;
     assert_eq!(committed, 17);
     let beat = runner.heartbeat(&[held(&running)], 0).await;
@@ -141,19 +139,16 @@ async fn a_hub_killed_mid_job_loses_nothing_it_acknowledged() {
         renewed > Timestamp::from(past_expiry),
         "the lease was not extended: {renewed}"
     );
-    assert_eq!(
-        runner.append_log_ok(&running.job_id, 0, Vec::new()).await,
-        17
-    );
+    assert_eq!(runner.append_log_ok(&running, 0, Vec::new()).await, 17);
     assert_eq!(
         runner
-            .append_log_ok(&running.job_id, 17, "after the crash\n")
+            .append_log_ok(&running, 17, "after the crash\n")
             .await,
         33
     );
     let mut s = step(0, "build", StepState::Success);
     s.exit_code = Some(0);
-    runner.step(&running.job_id, &s).await.expect(200);
+    runner.step(&running, &s).await.expect(200);
     let done = TestRunner::completion(&running, JobResult::Success, None, 33);
     let answer: CompleteResponse = runner
         .complete(&running.job_id, &done)
@@ -196,12 +191,12 @@ async fn log_bytes_acknowledged_before_a_kill_survive_it() {
     // A writer appends four lines per call as fast as the hub acknowledges, until a call fails.
     let acked = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (runner, acked, id) = (runner.clone(), acked.clone(), job.job_id.clone());
+        let (runner, acked, job) = (runner.clone(), acked.clone(), job.clone());
         tokio::spawn(async move {
             let mut i = 0;
             loop {
                 let chunk: String = (i..i + 4).map(line).collect();
-                let path = paths::job_log(id.as_str(), i * 12);
+                let path = paths::job_log(job.job_id.as_str(), job.lease_id.as_str(), i * 12);
                 match runner
                     .http
                     .send(
@@ -242,7 +237,7 @@ async fn log_bytes_acknowledged_before_a_kill_survive_it() {
     let file = log_file(&hub, job.job_id.as_str());
     let on_disk = std::fs::read(&file).expect("the job's log file");
     hub.restart().await;
-    let committed = runner.append_log_ok(&job.job_id, 0, Vec::new()).await;
+    let committed = runner.append_log_ok(&job, 0, Vec::new()).await;
     assert!(
         committed >= acknowledged,
         "acknowledged {acknowledged} bytes, the hub kept {committed}"
@@ -266,7 +261,7 @@ async fn log_bytes_acknowledged_before_a_kill_survive_it() {
     // The runner resends from the hub's committed offset and finishes.
     let rest = expected_log(committed + 100)[usize::try_from(committed).expect("small")..].to_vec();
     assert_eq!(
-        runner.append_log_ok(&job.job_id, committed, rest).await,
+        runner.append_log_ok(&job, committed, rest).await,
         committed + 100
     );
     let done = TestRunner::completion(&job, JobResult::Success, None, committed + 100);

@@ -224,12 +224,7 @@ async fn a_running_job_whose_lease_expires_ends_lost_as_runner_lost() {
     let hub = short_lease_hub().await;
     let (org, runner) = org_with_runner(&hub).await;
     let assignment = assigned_job(&hub, &org, &runner).await;
-    assert_eq!(
-        runner
-            .append_log_ok(&assignment.job_id, 0, "started\n")
-            .await,
-        8
-    );
+    assert_eq!(runner.append_log_ok(&assignment, 0, "started\n").await, 8);
     assert_eq!(
         hub.job(&org, &assignment.job_id).await.state,
         JobState::Running
@@ -318,17 +313,12 @@ async fn a_job_is_running_from_its_first_log_byte() {
         JobState::Assigned
     );
     // Asking for `committed` with an empty body sends no byte: still assigned.
-    assert_eq!(
-        runner
-            .append_log_ok(&assignment.job_id, 0, Vec::new())
-            .await,
-        0
-    );
+    assert_eq!(runner.append_log_ok(&assignment, 0, Vec::new()).await, 0);
     assert_eq!(
         hub.job(&org, &assignment.job_id).await.state,
         JobState::Assigned
     );
-    runner.append_log_ok(&assignment.job_id, 0, "x").await;
+    runner.append_log_ok(&assignment, 0, "x").await;
     let details = hub.job(&org, &assignment.job_id).await;
     assert_eq!(details.state, JobState::Running);
     assert!(details.started_at.is_some(), "{details:?}");
@@ -351,31 +341,31 @@ async fn log_appends_are_idempotent_and_gaps_are_refused_with_committed() {
     let job = assigned_job(&hub, &org, &runner).await;
     let id = job.job_id.as_str();
 
-    assert_eq!(runner.append_log_ok(id, 0, "hello ").await, 6);
+    assert_eq!(runner.append_log_ok(&job, 0, "hello ").await, 6);
     // The same bytes again: nothing changes.
-    assert_eq!(runner.append_log_ok(id, 0, "hello ").await, 6);
+    assert_eq!(runner.append_log_ok(&job, 0, "hello ").await, 6);
     assert_eq!(hub.log(&org, id).await, b"hello ");
     // Overlapping resend: only the new part is added.
-    assert_eq!(runner.append_log_ok(id, 3, "lo world").await, 11);
+    assert_eq!(runner.append_log_ok(&job, 3, "lo world").await, 11);
     assert_eq!(hub.log(&org, id).await, b"hello world");
     // Entirely below committed: harmless.
-    assert_eq!(runner.append_log_ok(id, 2, "llo").await, 11);
+    assert_eq!(runner.append_log_ok(&job, 2, "llo").await, 11);
     // A gap: refused, with where to resend from.
     let gap = runner
-        .append_log(id, 12, "!")
+        .append_log(&job, 12, "!")
         .await
         .expect_error(409, ErrorCode::LogGap);
     assert_eq!(gap.committed, Some(11), "{gap:?}");
     assert_eq!(hub.log(&org, id).await, b"hello world");
     // An empty body at offset 0 asks for committed.
     let probe: LogAppendResponse = runner
-        .append_log(id, 0, Vec::new())
+        .append_log(&job, 0, Vec::new())
         .await
         .expect(200)
         .json();
     assert_eq!(probe.committed, 11);
     // Exactly at committed: appended.
-    assert_eq!(runner.append_log_ok(id, 11, "!\n").await, 13);
+    assert_eq!(runner.append_log_ok(&job, 11, "!\n").await, 13);
 
     let read = hub
         .as_org(&org)
@@ -386,7 +376,7 @@ async fn log_appends_are_idempotent_and_gaps_are_refused_with_committed() {
 
     // A full chunk of MAX_LOG_CHUNK bytes is accepted whole.
     let big = vec![b'z'; outpost_protocol::MAX_LOG_CHUNK];
-    let committed = runner.append_log_ok(id, 13, big).await;
+    let committed = runner.append_log_ok(&job, 13, big).await;
     assert_eq!(committed, 13 + outpost_protocol::MAX_LOG_CHUNK as u64);
 }
 
@@ -397,7 +387,7 @@ async fn completion_is_refused_while_the_log_is_short_then_accepted_and_idempote
     let job = assigned_job(&hub, &org, &runner).await;
     let id = job.job_id.as_str();
 
-    runner.append_log_ok(id, 0, "12345").await;
+    runner.append_log_ok(&job, 0, "12345").await;
     let done = TestRunner::completion(&job, JobResult::Success, None, 10);
     let refused = runner
         .complete(id, &done)
@@ -410,7 +400,7 @@ async fn completion_is_refused_while_the_log_is_short_then_accepted_and_idempote
         "refused means not completed"
     );
 
-    runner.append_log_ok(id, 5, "67890").await;
+    runner.append_log_ok(&job, 5, "67890").await;
     let accepted: outpost_protocol::CompleteResponse =
         runner.complete(id, &done).await.expect(200).json();
     assert_eq!(accepted.job_id, id);
@@ -455,21 +445,21 @@ async fn step_updates_are_upserts_and_idempotent() {
     let mut build = step(0, "build", StepState::Running);
     build.started_at = Some(started);
     build.log_offset = Some(0);
-    runner.step(id, &build).await.expect(200);
-    runner.step(id, &build).await.expect(200);
+    runner.step(&job, &build).await.expect(200);
+    runner.step(&job, &build).await.expect(200);
     let mut test = step(1, "test", StepState::Pending);
-    runner.step(id, &test).await.expect(200);
+    runner.step(&job, &test).await.expect(200);
 
     build.state = StepState::Success;
     build.exit_code = Some(0);
     build.finished_at = Some(Timestamp::now());
-    runner.step(id, &build).await.expect(200);
-    runner.step(id, &build).await.expect(200);
+    runner.step(&job, &build).await.expect(200);
+    runner.step(&job, &build).await.expect(200);
     test.state = StepState::Failed;
     test.exit_code = Some(3);
     test.failure = Some(Failure::new(FailureClass::Script, "exit 3"));
     test.log_offset = Some(42);
-    runner.step(id, &test).await.expect(200);
+    runner.step(&job, &test).await.expect(200);
 
     let details = hub.job(&org, id).await;
     assert_eq!(details.state, JobState::Running);
@@ -619,7 +609,7 @@ async fn log_follow_streams_bytes_as_they_arrive_and_ends_with_the_job() {
     let job = assigned_job(&hub, &org, &runner).await;
     let id = job.job_id.as_str();
 
-    runner.append_log_ok(id, 0, "one\n").await;
+    runner.append_log_ok(&job, 0, "one\n").await;
     let mut follow = hub
         .as_org(&org)
         .get_streaming(&paths::job_log_read(&org.name, id, 0, true))
@@ -628,7 +618,7 @@ async fn log_follow_streams_bytes_as_they_arrive_and_ends_with_the_job() {
     follow.read_until_len(4, PROMPTLY).await;
     assert_eq!(follow.received(), b"one\n");
 
-    runner.append_log_ok(id, 4, "two\n").await;
+    runner.append_log_ok(&job, 4, "two\n").await;
     follow.read_until_len(8, PROMPTLY).await;
     assert_eq!(follow.received(), b"one\ntwo\n");
 
@@ -640,7 +630,7 @@ async fn log_follow_streams_bytes_as_they_arrive_and_ends_with_the_job() {
     late.read_until_len(4, PROMPTLY).await;
     assert_eq!(late.received(), b"two\n");
 
-    runner.append_log_ok(id, 8, "three\n").await;
+    runner.append_log_ok(&job, 8, "three\n").await;
     let done = TestRunner::completion(&job, JobResult::Success, None, 14);
     runner.complete(id, &done).await.expect(200);
     assert_eq!(follow.read_to_end(PROMPTLY).await, b"one\ntwo\nthree\n");
@@ -659,7 +649,7 @@ async fn healthz_and_metrics_answer() {
     let hub = TestHub::start().await;
     let (org, runner) = org_with_runner(&hub).await;
     let job = assigned_job(&hub, &org, &runner).await;
-    runner.append_log_ok(&job.job_id, 0, "x").await;
+    runner.append_log_ok(&job, 0, "x").await;
 
     let health = hub.http().get(paths::HEALTHZ).await;
     health.expect(200);

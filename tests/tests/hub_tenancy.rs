@@ -71,7 +71,7 @@ async fn organization_b_cannot_reach_anything_of_organization_a() {
     let a_runner = TestRunner::register(hub.url(), &a_token.token, &a_runner_name, &[]).await;
     let a_running = running_job(&hub, &a, &a_runner).await;
     a_runner
-        .append_log_ok(&a_running.job_id, 0, "a's secret log\n")
+        .append_log_ok(&a_running, 0, "a's secret log\n")
         .await;
     let a_queued = hub.submit(&a, &job(&[])).await;
     let a_before = hub.job(&a, &a_running.job_id).await;
@@ -91,6 +91,7 @@ async fn organization_b_cannot_reach_anything_of_organization_a() {
 
     let (an, bn) = (a.name.as_str(), b.name.as_str());
     let (running, queued) = (a_running.job_id.as_str(), a_queued.as_str());
+    let a_lease = a_running.lease_id.as_str();
     let lease = a_running.lease_id.clone();
     let complete = CompleteRequest {
         lease_id: lease.clone(),
@@ -225,20 +226,20 @@ async fn organization_b_cannot_reach_anything_of_organization_a() {
             "append to A's log",
             RunnerToken,
             Method::POST,
-            paths::job_log(running, 15),
+            paths::job_log(running, a_lease, 15),
         )
         .bytes(b"more"),
         Case::new(
             "probe A's log",
             RunnerToken,
             Method::POST,
-            paths::job_log(running, 0),
+            paths::job_log(running, a_lease, 0),
         ),
         Case::new(
             "update A's step",
             RunnerToken,
             Method::POST,
-            paths::job_steps(running),
+            paths::job_steps(running, a_lease),
         )
         .json(step(0, "build", StepState::Failed)),
         Case::new(

@@ -221,7 +221,7 @@ async fn run_once(ctx: &Ctx, base: &Path, total: u64) -> anyhow::Result<Run> {
     )
     .context("opening the job log")?;
     let target = Arc::new(Counted {
-        target: HubLogTarget::new(runner.clone(), job.job_id.clone()),
+        target: HubLogTarget::new(runner.clone(), job.job_id.clone(), job.lease_id.clone()),
         calls: AtomicU64::new(0),
         busy_us: AtomicU64::new(0),
     });

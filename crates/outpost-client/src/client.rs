@@ -22,7 +22,7 @@ use outpost_protocol::{
     AcquireRequest, AcquireResponse, CancelResponse, CompleteRequest, CompleteResponse,
     CreateOrgRequest, CreateOrgResponse, CreateRunnerTokenRequest, CreateRunnerTokenResponse,
     ErrorBody, ErrorCode, HeartbeatRequest, HeartbeatResponse, JobAssignment, JobDetails, JobId,
-    JobList, JobState, JobSummary, LogAppendResponse, RegisterRequest, RegisterResponse,
+    JobList, JobState, JobSummary, LeaseId, LogAppendResponse, RegisterRequest, RegisterResponse,
     RunnerInfo, RunnerList, RunnerTokenInfo, RunnerTokenList, StepUpdate, SubmitJobRequest,
     SubmitJobResponse, paths,
 };
@@ -234,17 +234,23 @@ impl HubClient {
         self.json_call(&call).await
     }
 
-    /// `POST /api/v1/runner/jobs/{id}/log?offset=N`: appends `bytes` (≤ 1 MiB) at `offset`.
-    /// A gap (`409 log_gap`) is an outcome, not an error.
+    /// `POST /api/v1/runner/jobs/{id}/log?offset=N&lease_id=L`: appends `bytes` (≤ 1 MiB) at
+    /// `offset`, as the holder of `lease_id`. A gap (`409 log_gap`) is an outcome, not an error;
+    /// a job that has ended is `409 job_ended`, an [`ClientError::Api`] error.
     pub async fn append_log(
         &self,
         job_id: &JobId,
+        lease_id: &LeaseId,
         offset: u64,
         bytes: Bytes,
     ) -> Result<LogAppend, ClientError> {
         let call = Call {
             method: Method::POST,
-            path: paths::job_log(&segment(job_id.as_str()), offset),
+            path: paths::job_log(
+                &segment(job_id.as_str()),
+                &segment(lease_id.as_str()),
+                offset,
+            ),
             body: Some((bytes, "application/octet-stream")),
             idempotent: true,
             timeout: self.timeout(),
@@ -258,15 +264,17 @@ impl HubClient {
         self.record(outcome)
     }
 
-    /// `POST /api/v1/runner/jobs/{id}/steps`: upserts one step's state.
+    /// `POST /api/v1/runner/jobs/{id}/steps?lease_id=L`: upserts one step's state, as the holder
+    /// of `lease_id`.
     pub async fn step_update(
         &self,
         job_id: &JobId,
+        lease_id: &LeaseId,
         update: &StepUpdate,
     ) -> Result<(), ClientError> {
         let call = Call::json(
             Method::POST,
-            paths::job_steps(&segment(job_id.as_str())),
+            paths::job_steps(&segment(job_id.as_str()), &segment(lease_id.as_str())),
             update,
             self.timeout(),
         );
@@ -894,7 +902,7 @@ fn parse_base_url(url: &str) -> Result<(Uri, String), ClientError> {
     Ok((uri, base))
 }
 
-/// Percent-encodes one path segment (an org name, a job or token id).
+/// Percent-encodes one path segment or query value (an org name, a job, lease or token id).
 fn segment(value: &str) -> Cow<'_, str> {
     let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
     if value.bytes().all(unreserved) {

@@ -142,7 +142,12 @@ async fn retry_after_on_429_is_honoured() {
     let client = client(config(&server.url()));
 
     let outcome = client
-        .append_log(&"job-1".into(), 0, Bytes::from_static(b"abc"))
+        .append_log(
+            &"job-1".into(),
+            &"lease-1".into(),
+            0,
+            Bytes::from_static(b"abc"),
+        )
         .await
         .expect("append");
 
@@ -377,13 +382,13 @@ async fn acquire_204_is_none_and_200_is_the_job() {
 async fn log_gap_and_incomplete_log_are_outcomes() {
     let server = TestServer::start(|seen| {
         std::future::ready(match seen.target.as_str() {
-            "/api/v1/runner/jobs/job-1/log?offset=0" => json(
+            "/api/v1/runner/jobs/job-1/log?offset=0&lease_id=lease-1" => json(
                 200,
                 &LogAppendResponse {
                     committed: seen.body.len() as u64,
                 },
             ),
-            "/api/v1/runner/jobs/job-1/log?offset=10" => json(
+            "/api/v1/runner/jobs/job-1/log?offset=10&lease_id=lease-1" => json(
                 409,
                 &ErrorBody::new(ErrorCode::LogGap, "gap").with_committed(5),
             ),
@@ -405,12 +410,22 @@ async fn log_gap_and_incomplete_log_are_outcomes() {
     let client = client(config(&server.url()));
 
     let first = client
-        .append_log(&"job-1".into(), 0, Bytes::from_static(b"hello"))
+        .append_log(
+            &"job-1".into(),
+            &"lease-1".into(),
+            0,
+            Bytes::from_static(b"hello"),
+        )
         .await
         .expect("append");
     assert_eq!(first, LogAppend::Committed(5));
     let gap = client
-        .append_log(&"job-1".into(), 10, Bytes::from_static(b"later"))
+        .append_log(
+            &"job-1".into(),
+            &"lease-1".into(),
+            10,
+            Bytes::from_static(b"later"),
+        )
         .await
         .expect("gap");
     assert_eq!(gap, LogAppend::Gap { committed: 5 });
@@ -494,7 +509,7 @@ async fn api_errors_carry_the_body() {
     assert_eq!(endpoint, "GET /api/v1/orgs/acme/jobs/job-1");
 
     let err = client
-        .append_log(&"job-1".into(), 0, Bytes::new())
+        .append_log(&"job-1".into(), &"lease-1".into(), 0, Bytes::new())
         .await
         .expect_err("lease mismatch");
     assert_eq!(err.code(), Some(ErrorCode::LeaseMismatch));

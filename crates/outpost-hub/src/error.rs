@@ -117,6 +117,13 @@ impl From<StoreError> for ApiError {
             StoreError::LeaseMismatch { .. } => {
                 ApiError::new(ErrorCode::LeaseMismatch, e.to_string())
             }
+            StoreError::JobEnded { committed, .. } => {
+                let error = ApiError::new(ErrorCode::JobEnded, e.to_string());
+                match committed {
+                    Some(committed) => error.committed(committed),
+                    None => error,
+                }
+            }
             StoreError::LogGap { committed, .. } => {
                 ApiError::new(ErrorCode::LogGap, e.to_string()).committed(committed)
             }

@@ -40,11 +40,15 @@ async fn heartbeat(
 async fn append(
     api: &common::Api,
     job_id: &str,
+    lease_id: &str,
     offset: u64,
     bytes: &'static [u8],
 ) -> common::Answer {
-    api.post_bytes(&paths::job_log(job_id, offset), Bytes::from_static(bytes))
-        .await
+    api.post_bytes(
+        &paths::job_log(job_id, lease_id, offset),
+        Bytes::from_static(bytes),
+    )
+    .await
 }
 
 fn completion(job: &JobAssignment, result: JobResult, log_bytes: u64) -> CompleteRequest {
@@ -177,7 +181,7 @@ async fn another_orgs_runner_never_sees_a_job() {
         .expect_error(StatusCode::NOT_FOUND, ErrorCode::NotFound);
     // Org B's token touching org A's job: 404 on every runner call.
     b.runner_api
-        .post_bytes(&paths::job_log(&job_a, 0), Bytes::new())
+        .post_bytes(&paths::job_log(&job_a, "l_x", 0), Bytes::new())
         .await
         .expect_error(StatusCode::NOT_FOUND, ErrorCode::NotFound);
     let step = StepUpdate {
@@ -191,7 +195,7 @@ async fn another_orgs_runner_never_sees_a_job() {
         log_offset: None,
     };
     b.runner_api
-        .post_json(&paths::job_steps(&job_a), &step)
+        .post_json(&paths::job_steps(&job_a, "l_x"), &step)
         .await
         .expect_error(StatusCode::NOT_FOUND, ErrorCode::NotFound);
     let complete = CompleteRequest {
@@ -260,9 +264,15 @@ async fn heartbeat_is_woken_by_a_cancel_and_the_job_ends_cancelled() {
     let job_id = org.submit(&[]).await;
     let job = org.acquire(&runner, 0).await.expect("job");
     assert_eq!(
-        append(&org.runner_api, &job_id, 0, b"working\n")
-            .await
-            .status,
+        append(
+            &org.runner_api,
+            &job_id,
+            job.lease_id.as_str(),
+            0,
+            b"working\n"
+        )
+        .await
+        .status,
         StatusCode::OK
     );
     let (api, runner_id, lease) = (org.runner_api.clone(), runner.clone(), held(&job));
@@ -349,47 +359,51 @@ async fn logs_replay_idempotently_and_refuse_gaps() {
     let job_id = org.submit(&[]).await;
     let api = &org.runner_api;
     // A queued job has no log yet.
-    append(api, &job_id, 0, b"x")
+    append(api, &job_id, "l_none", 0, b"x")
         .await
         .expect_error(StatusCode::CONFLICT, ErrorCode::InvalidState);
     let job = org.acquire(&runner, 0).await.expect("job");
+    let lease = job.lease_id.as_str();
     let committed = |a: common::Answer| {
         a.expect_status(StatusCode::OK)
             .json::<LogAppendResponse>()
             .committed
     };
-    assert_eq!(committed(append(api, &job_id, 0, b"").await), 0);
+    assert_eq!(committed(append(api, &job_id, lease, 0, b"").await), 0);
     assert_eq!(
         org.job(&job_id).await.state,
         JobState::Assigned,
         "an empty append starts nothing"
     );
-    assert_eq!(committed(append(api, &job_id, 0, b"hello ").await), 6);
+    assert_eq!(
+        committed(append(api, &job_id, lease, 0, b"hello ").await),
+        6
+    );
     assert_eq!(
         org.job(&job_id).await.state,
         JobState::Running,
         "the first byte starts the job"
     );
     assert_eq!(
-        committed(append(api, &job_id, 0, b"hello ").await),
+        committed(append(api, &job_id, lease, 0, b"hello ").await),
         6,
         "a replay adds nothing"
     );
     assert_eq!(
-        committed(append(api, &job_id, 3, b"lo world").await),
+        committed(append(api, &job_id, lease, 3, b"lo world").await),
         11,
         "only the new part lands"
     );
-    let gap = append(api, &job_id, 20, b"!").await;
+    let gap = append(api, &job_id, lease, 20, b"!").await;
     let body = gap.expect_error(StatusCode::CONFLICT, ErrorCode::LogGap);
     assert_eq!(body.committed, Some(11));
     assert_eq!(
-        committed(append(api, &job_id, 0, b"").await),
+        committed(append(api, &job_id, lease, 0, b"").await),
         11,
         "an empty body tells committed"
     );
     let big = Bytes::from(vec![b'x'; 65]);
-    api.post_bytes(&paths::job_log(&job_id, 11), big)
+    api.post_bytes(&paths::job_log(&job_id, lease, 11), big)
         .await
         .expect_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge);
     // Reads from any offset; past the end is a 400 naming both numbers.
@@ -442,7 +456,7 @@ async fn many_small_appends_read_back_whole_from_any_offset() {
     let org = hub.org(&unique("chunks")).await;
     let runner = org.register("r", &[]).await;
     let job_id = org.submit(&[]).await;
-    org.acquire(&runner, 0).await.expect("job");
+    let job = org.acquire(&runner, 0).await.expect("job");
     let mut expected = Vec::new();
     for i in 0..300u32 {
         let line = format!("line {i:04} {}\n", "x".repeat((i % 7) as usize * 300));
@@ -450,7 +464,10 @@ async fn many_small_appends_read_back_whole_from_any_offset() {
         expected.extend_from_slice(line.as_bytes());
         let answer = org
             .runner_api
-            .post_bytes(&paths::job_log(&job_id, offset), line.into_bytes())
+            .post_bytes(
+                &paths::job_log(&job_id, job.lease_id.as_str(), offset),
+                line.into_bytes(),
+            )
             .await;
         assert_eq!(
             answer
@@ -487,7 +504,8 @@ async fn completion_waits_for_the_whole_log_and_is_idempotent() {
     let job = org.acquire(&runner, 0).await.expect("job");
     let api = &org.runner_api;
     let path = paths::job_complete(&job_id);
-    append(api, &job_id, 0, b"hello")
+    let lease = job.lease_id.as_str();
+    append(api, &job_id, lease, 0, b"hello")
         .await
         .expect_status(StatusCode::OK);
     let short = api
@@ -511,7 +529,7 @@ async fn completion_waits_for_the_whole_log_and_is_idempotent() {
     api.post_json(&path, &wrong)
         .await
         .expect_error(StatusCode::CONFLICT, ErrorCode::LeaseMismatch);
-    append(api, &job_id, 5, b" world")
+    append(api, &job_id, lease, 5, b" world")
         .await
         .expect_status(StatusCode::OK);
     for _ in 0..2 {
@@ -528,12 +546,16 @@ async fn completion_waits_for_the_whole_log_and_is_idempotent() {
     api.post_json(&path, &completion(&job, JobResult::Failed, 11))
         .await
         .expect_error(StatusCode::CONFLICT, ErrorCode::InvalidState);
-    // A dead runner's late bytes still land after the end.
-    append(api, &job_id, 11, b"!")
+    // The log is closed after the end: new bytes are refused, a replay is harmless.
+    let closed = append(api, &job_id, lease, 11, b"!")
+        .await
+        .expect_error(StatusCode::CONFLICT, ErrorCode::JobEnded);
+    assert_eq!(closed.committed, Some(11));
+    append(api, &job_id, lease, 5, b" world")
         .await
         .expect_status(StatusCode::OK);
     let details = org.job(&job_id).await;
-    assert_eq!((details.state, details.log_bytes), (JobState::Success, 12));
+    assert_eq!((details.state, details.log_bytes), (JobState::Success, 11));
     assert!(details.finished_at.is_some());
 }
 
@@ -543,7 +565,7 @@ async fn steps_are_upserted_by_index_and_start_the_job() {
     let org = hub.org(&unique("steps")).await;
     let runner = org.register("r", &[]).await;
     let job_id = org.submit(&[]).await;
-    org.acquire(&runner, 0).await.expect("job");
+    let job = org.acquire(&runner, 0).await.expect("job");
     let mut step = StepUpdate {
         index: 0,
         name: "hello".into(),
@@ -554,7 +576,7 @@ async fn steps_are_upserted_by_index_and_start_the_job() {
         failure: None,
         log_offset: Some(0),
     };
-    let path = paths::job_steps(&job_id);
+    let path = paths::job_steps(&job_id, job.lease_id.as_str());
     org.runner_api
         .post_json(&path, &step)
         .await
@@ -619,18 +641,30 @@ async fn an_expired_lease_requeues_an_unstarted_job_and_loses_a_started_one() {
     assert_eq!(again.job_id, unstarted);
     assert_ne!(again.lease_id, first.lease_id);
     // Started by the rescuer, so its own expiry cannot put it back in the queue below.
-    append(&org.runner_api, &unstarted, 0, b"rescued")
-        .await
-        .expect_status(StatusCode::OK);
+    append(
+        &org.runner_api,
+        &unstarted,
+        again.lease_id.as_str(),
+        0,
+        b"rescued",
+    )
+    .await
+    .expect_status(StatusCode::OK);
     let lost = heartbeat(&org.runner_api, &runner, &[held(&first)], 0).await;
     assert!(lost.jobs[0].lease_lost, "the old lease is gone");
     // Started, then silent: lost with failure class runner_lost.
     let started = org.submit(&[]).await;
     let job = org.acquire(&runner, 0).await.expect("job");
     assert_eq!(job.job_id, started);
-    append(&org.runner_api, &started, 0, b"partial")
-        .await
-        .expect_status(StatusCode::OK);
+    append(
+        &org.runner_api,
+        &started,
+        job.lease_id.as_str(),
+        0,
+        b"partial",
+    )
+    .await
+    .expect_status(StatusCode::OK);
     wait_until("the started job is lost", || async {
         org.job(&started).await.state == JobState::Lost
     })
@@ -649,10 +683,20 @@ async fn an_expired_lease_requeues_an_unstarted_job_and_loses_a_started_one() {
         )
         .await
         .expect_error(StatusCode::CONFLICT, ErrorCode::InvalidState);
-    // The late bytes of the dead runner still land.
-    append(&org.runner_api, &started, 7, b"!")
+    // The job has ended: the dead runner's late bytes are refused, its replays harmless.
+    let closed = append(&org.runner_api, &started, job.lease_id.as_str(), 7, b"!")
         .await
-        .expect_status(StatusCode::OK);
+        .expect_error(StatusCode::CONFLICT, ErrorCode::JobEnded);
+    assert_eq!(closed.committed, Some(7));
+    append(
+        &org.runner_api,
+        &started,
+        job.lease_id.as_str(),
+        0,
+        b"partial",
+    )
+    .await
+    .expect_status(StatusCode::OK);
 }
 
 #[tokio::test]
@@ -716,7 +760,7 @@ async fn wait_s_is_bounded_and_bad_bodies_are_json_errors() {
         .await
         .expect_error(StatusCode::NOT_FOUND, ErrorCode::NotFound);
     // Unknown job ids.
-    api.post_bytes(&paths::job_log("j_nope", 0), Bytes::new())
+    api.post_bytes(&paths::job_log("j_nope", "l_nope", 0), Bytes::new())
         .await
         .expect_error(StatusCode::NOT_FOUND, ErrorCode::NotFound);
     org.api
@@ -754,7 +798,7 @@ async fn follow_streams_new_bytes_and_ends_with_the_job() {
     let runner = org.register("r", &[]).await;
     let job_id = org.submit(&[]).await;
     let job = org.acquire(&runner, 0).await.expect("job");
-    append(&org.runner_api, &job_id, 0, b"one\n")
+    append(&org.runner_api, &job_id, job.lease_id.as_str(), 0, b"one\n")
         .await
         .expect_status(StatusCode::OK);
     let request = org
@@ -781,14 +825,20 @@ async fn follow_streams_new_bytes_and_ends_with_the_job() {
     };
     received.extend_from_slice(&next_chunk().await.expect("first bytes"));
     assert_eq!(received, b"one\n");
-    append(&org.runner_api, &job_id, 4, b"two\n")
+    append(&org.runner_api, &job_id, job.lease_id.as_str(), 4, b"two\n")
         .await
         .expect_status(StatusCode::OK);
     received.extend_from_slice(&next_chunk().await.expect("bytes appended while following"));
     assert_eq!(received, b"one\ntwo\n");
-    append(&org.runner_api, &job_id, 8, b"three\n")
-        .await
-        .expect_status(StatusCode::OK);
+    append(
+        &org.runner_api,
+        &job_id,
+        job.lease_id.as_str(),
+        8,
+        b"three\n",
+    )
+    .await
+    .expect_status(StatusCode::OK);
     org.runner_api
         .post_json(
             &paths::job_complete(&job_id),
@@ -814,9 +864,15 @@ async fn a_restarted_hub_keeps_everything_and_its_runners_carry_on() {
     let job_id = org.submit(&[]).await;
     let queued = org.submit(&[]).await;
     let job = org.acquire(&runner, 0).await.expect("job");
-    append(&org.runner_api, &job_id, 0, b"before ")
-        .await
-        .expect_status(StatusCode::OK);
+    append(
+        &org.runner_api,
+        &job_id,
+        job.lease_id.as_str(),
+        0,
+        b"before ",
+    )
+    .await
+    .expect_status(StatusCode::OK);
     let step = StepUpdate {
         index: 0,
         name: "hello".into(),
@@ -828,7 +884,7 @@ async fn a_restarted_hub_keeps_everything_and_its_runners_carry_on() {
         log_offset: Some(0),
     };
     org.runner_api
-        .post_json(&paths::job_steps(&job_id), &step)
+        .post_json(&paths::job_steps(&job_id, job.lease_id.as_str()), &step)
         .await
         .expect_status(StatusCode::OK);
     let expires = heartbeat(&org.runner_api, &runner, &[held(&job)], 0)
@@ -858,12 +914,12 @@ async fn a_restarted_hub_keeps_everything_and_its_runners_carry_on() {
         "same runner, same lease after the restart"
     );
     assert_eq!(org.register("r", &["linux"]).await, runner);
-    let committed = append(&org.runner_api, &job_id, 0, b"")
+    let committed = append(&org.runner_api, &job_id, job.lease_id.as_str(), 0, b"")
         .await
         .json::<LogAppendResponse>()
         .committed;
     assert_eq!(committed, 7);
-    append(&org.runner_api, &job_id, 7, b"after")
+    append(&org.runner_api, &job_id, job.lease_id.as_str(), 7, b"after")
         .await
         .expect_status(StatusCode::OK);
     org.runner_api

@@ -29,7 +29,8 @@ pub const MASK: &str = "[MASKED]";
 // ---------------------------------------------------------------------------------------------
 
 /// The body of every error answer: `{"error": {"code", "message"}}`, plus `committed` on the
-/// `409` answers of log append and completion, so the runner knows where to resend from.
+/// `409` answers of log append (`log_gap`, `job_ended`) and completion (`log_incomplete`), so the
+/// runner knows where the hub's copy ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -66,6 +67,9 @@ pub enum ErrorCode {
     LeaseMismatch,
     /// The job is in a state that does not allow this call (409).
     InvalidState,
+    /// The job has ended: its log and steps are closed to new writes (409). Log answers carry
+    /// `committed`.
+    JobEnded,
     /// The body is larger than the configured limit (413).
     PayloadTooLarge,
     /// The body is well-formed but its content is invalid, e.g. a bad pipeline (422).
@@ -91,7 +95,8 @@ impl ErrorCode {
             | Self::LogGap
             | Self::LogIncomplete
             | Self::LeaseMismatch
-            | Self::InvalidState => 409,
+            | Self::InvalidState
+            | Self::JobEnded => 409,
             Self::PayloadTooLarge => 413,
             Self::Unprocessable => 422,
             Self::Internal | Self::Other => 500,
@@ -135,6 +140,7 @@ impl ErrorCode {
             Self::LogIncomplete => "log_incomplete",
             Self::LeaseMismatch => "lease_mismatch",
             Self::InvalidState => "invalid_state",
+            Self::JobEnded => "job_ended",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unprocessable => "unprocessable",
             Self::Internal => "internal",
@@ -509,14 +515,15 @@ pub struct LeaseStatus {
     pub cancel_requested: bool,
 }
 
-/// Answer to `POST /api/v1/runner/jobs/{id}/log?offset=N`: how many bytes the hub holds.
-/// An empty body at offset 0 asks for `committed` without sending anything.
+/// Answer to `POST /api/v1/runner/jobs/{id}/log?offset=N&lease_id=L`: how many bytes the hub
+/// holds. An empty body at offset 0 asks for `committed` without sending anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogAppendResponse {
     pub committed: u64,
 }
 
-/// `POST /api/v1/runner/jobs/{id}/steps`: upserts one step's state (idempotent).
+/// `POST /api/v1/runner/jobs/{id}/steps?lease_id=L`: upserts one step's state (idempotent). The
+/// lease id goes in the query, as on log appends, so the body stays the step itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepUpdate {
@@ -740,11 +747,14 @@ pub mod paths {
     pub const HEALTHZ: &str = "/healthz";
     pub const METRICS: &str = "/metrics";
 
-    pub fn job_log(job_id: &str, offset: u64) -> String {
-        format!("/api/v1/runner/jobs/{job_id}/log?offset={offset}")
+    /// A log append by the holder of lease `lease_id` (ids are URL-safe as the hub makes them;
+    /// a caller passing others encodes them first).
+    pub fn job_log(job_id: &str, lease_id: &str, offset: u64) -> String {
+        format!("/api/v1/runner/jobs/{job_id}/log?offset={offset}&lease_id={lease_id}")
     }
-    pub fn job_steps(job_id: &str) -> String {
-        format!("/api/v1/runner/jobs/{job_id}/steps")
+    /// A step update by the holder of lease `lease_id`.
+    pub fn job_steps(job_id: &str, lease_id: &str) -> String {
+        format!("/api/v1/runner/jobs/{job_id}/steps?lease_id={lease_id}")
     }
     pub fn job_complete(job_id: &str) -> String {
         format!("/api/v1/runner/jobs/{job_id}/complete")

@@ -47,6 +47,37 @@ fn error_bodies() {
         "error_log_gap",
         ErrorBody::new(ErrorCode::LogGap, "offset 10 is past 4").with_committed(4),
     );
+    check(
+        "error_lease_mismatch",
+        ErrorBody::new(
+            ErrorCode::LeaseMismatch,
+            "lease l_2 is not the lease of job j_1",
+        ),
+    );
+    check(
+        "error_job_ended",
+        ErrorBody::new(
+            ErrorCode::JobEnded,
+            "job j_1 has ended (failed): its log is closed at 4 bytes",
+        )
+        .with_committed(4),
+    );
+}
+
+/// Log appends and step updates name the writer's lease in the query (the log's body is raw
+/// bytes, and a step's body is the step).
+#[test]
+fn runner_writes_carry_the_lease_in_the_query() {
+    assert_eq!(
+        paths::job_log("j_1", "l_1", 4096),
+        "/api/v1/runner/jobs/j_1/log?offset=4096&lease_id=l_1"
+    );
+    assert_eq!(
+        paths::job_steps("j_1", "l_1"),
+        "/api/v1/runner/jobs/j_1/steps?lease_id=l_1"
+    );
+    assert_eq!(ErrorCode::JobEnded.status(), 409);
+    assert_eq!(ErrorCode::JobEnded.as_str(), "job_ended");
 }
 
 #[test]

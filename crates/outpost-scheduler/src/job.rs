@@ -24,8 +24,8 @@ use outpost_executor::{
 };
 use outpost_logship::{JobLog, LogshipError, Masker, Uploader, UploaderConfig, UploaderHandle};
 use outpost_protocol::{
-    CompleteRequest, Failure, FailureClass, JobAssignment, JobId, JobResult, RunnerId, StepState,
-    StepUpdate, Timestamp,
+    CompleteRequest, Failure, FailureClass, JobAssignment, JobId, JobResult, LeaseId, RunnerId,
+    StepState, StepUpdate, Timestamp,
 };
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -434,6 +434,7 @@ impl JobRun {
         let target = Arc::new(HubLogTarget::with_fatal(
             self.ctx.client.clone(),
             self.job_id().clone(),
+            self.entry.lease_id.clone(),
             self.ctx.shared.fatal.clone(),
         ));
         let uploader = Uploader::spawn(
@@ -549,6 +550,7 @@ impl Running {
             started: HashMap::new(),
             resumed: self.log.as_ref().and_then(|l| l.skip_header),
             log_error: false,
+            lease_id: self.run.entry.lease_id.clone(),
         };
         let (tx, mut rx) = event_channel();
         let run = ctx
@@ -682,7 +684,10 @@ impl Finishing {
             log_bytes,
         };
         tracing::info!(job_id = %run.job_id(), result = %outcome.result.state(), log_bytes, "job ended");
-        let seq = ctx.outbox.push(run.job_id(), Item::Complete(request)).await;
+        let seq = ctx
+            .outbox
+            .push(run.job_id(), &run.entry.lease_id, Item::Complete(request))
+            .await;
         ctx.metrics.job_ended(outcome.result);
         // The slot is free as soon as the steps are over; delivery goes on beside new jobs.
         drop(run.slot.take());
@@ -857,6 +862,8 @@ struct StepTracker {
     /// The step a resumed job was in: its header is in the spool already.
     resumed: Option<u32>,
     log_error: bool,
+    /// The job's lease: step updates carry it.
+    lease_id: LeaseId,
 }
 
 impl StepTracker {
@@ -877,7 +884,11 @@ impl StepTracker {
     }
 
     async fn queue(&self, ctx: &Ctx, job_id: &JobId, update: StepUpdate) {
-        if let Err(e) = ctx.outbox.push(job_id, Item::Step(update)).await {
+        if let Err(e) = ctx
+            .outbox
+            .push(job_id, &self.lease_id, Item::Step(update))
+            .await
+        {
             tracing::error!(%job_id, error = %e, "cannot queue a step update in the outbox");
         }
     }

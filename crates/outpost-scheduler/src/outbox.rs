@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use outpost_client::{ClientError, Completion, HubClient};
-use outpost_protocol::{CompleteRequest, ErrorCode, JobId, StepUpdate};
+use outpost_protocol::{CompleteRequest, ErrorCode, JobId, LeaseId, StepUpdate};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -39,11 +39,24 @@ pub(crate) enum Item {
 }
 
 /// One queued message, as stored in `<state>/outbox/<seq>.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Entry {
     pub job_id: JobId,
+    /// The lease the job is held under: the hub takes writes to a job from its lease holder only.
+    pub lease_id: LeaseId,
     #[serde(flatten)]
     pub item: Item,
+}
+
+/// An entry as read back: runners before the hub required the lease on step updates wrote none
+/// (see [`Outbox::open`] for how it is found again).
+#[derive(Debug, Deserialize)]
+struct StoredEntry {
+    job_id: JobId,
+    #[serde(default)]
+    lease_id: Option<LeaseId>,
+    #[serde(flatten)]
+    item: Item,
 }
 
 /// The outbox. Cheap to clone.
@@ -70,7 +83,15 @@ struct State {
 
 impl Outbox {
     /// Opens the outbox directory and loads what a previous run left in it. Blocking.
-    pub(crate) fn open(dir: &Path, depth: Gauge) -> io::Result<Self> {
+    ///
+    /// An entry written by a runner of an earlier version carries no lease id: a completion
+    /// has its own, a step update takes the lease from the job's journal (`lease_of`); a step
+    /// update whose job has no journal any more cannot be sent and is dropped with a warning.
+    pub(crate) fn open(
+        dir: &Path,
+        depth: Gauge,
+        lease_of: impl Fn(&JobId) -> Option<LeaseId>,
+    ) -> io::Result<Self> {
         state::create_private_dir(dir)?;
         let mut entries = BTreeMap::new();
         let mut next_seq = 0;
@@ -92,10 +113,26 @@ impl Outbox {
             next_seq = next_seq.max(seq + 1);
             match fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+                .and_then(|b| serde_json::from_slice::<StoredEntry>(&b).map_err(|e| e.to_string()))
             {
-                Ok(entry) => {
-                    entries.insert(seq, entry);
+                Ok(stored) => {
+                    let lease_id = stored.lease_id.or_else(|| match &stored.item {
+                        Item::Complete(request) => Some(request.lease_id.clone()),
+                        Item::Step(_) => lease_of(&stored.job_id),
+                    });
+                    let Some(lease_id) = lease_id else {
+                        tracing::warn!(path = %path.display(), job_id = %stored.job_id, "dropping a step update of an earlier runner version: it names no lease and the job's journal is gone");
+                        let _ = fs::remove_file(&path);
+                        continue;
+                    };
+                    entries.insert(
+                        seq,
+                        Entry {
+                            job_id: stored.job_id,
+                            lease_id,
+                            item: stored.item,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "dropping an unreadable outbox entry");
@@ -126,10 +163,17 @@ impl Outbox {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an entry: it is on disk (fsynced) when this returns. Answers its sequence number.
-    pub(crate) async fn push(&self, job_id: &JobId, item: Item) -> io::Result<u64> {
+    /// Queues an entry of the job held under `lease_id`: it is on disk (fsynced) when this
+    /// returns. Answers its sequence number.
+    pub(crate) async fn push(
+        &self,
+        job_id: &JobId,
+        lease_id: &LeaseId,
+        item: Item,
+    ) -> io::Result<u64> {
         let entry = Entry {
             job_id: job_id.clone(),
+            lease_id: lease_id.clone(),
             item,
         };
         let seq = {
@@ -313,7 +357,11 @@ impl Worker {
                 return false;
             }
             let attempt = match &entry.item {
-                Item::Step(update) => match self.client.step_update(&self.job_id, update).await {
+                Item::Step(update) => match self
+                    .client
+                    .step_update(&self.job_id, &entry.lease_id, update)
+                    .await
+                {
                     Ok(()) => Attempt::Done,
                     Err(e) => classify(e),
                 },
@@ -408,12 +456,65 @@ mod tests {
         })
     }
 
+    fn no_journal(_: &JobId) -> Option<LeaseId> {
+        None
+    }
+
+    #[test]
+    fn entries_of_an_earlier_version_find_their_lease() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |seq: u64, json: &str| {
+            fs::write(dir.path().join(format!("{seq:020}.json")), json).expect("write")
+        };
+        // As runners wrote them before the hub required the lease on step updates.
+        let step = r#"{"index":0,"name":"a","state":"running","log_offset":0}"#;
+        write(
+            1,
+            &format!(r#"{{"job_id":"j1","kind":"step","body":{step}}}"#),
+        );
+        write(
+            2,
+            r#"{"job_id":"j1","kind":"complete","body":{"lease_id":"l_done","result":"success","log_bytes":0}}"#,
+        );
+        write(
+            3,
+            &format!(r#"{{"job_id":"j2","kind":"step","body":{step}}}"#),
+        );
+        let journal = |job: &JobId| (job.as_str() == "j1").then(|| LeaseId::from("l_journal"));
+
+        let outbox = Outbox::open(dir.path(), Gauge::default(), journal).expect("open");
+        let leases: Vec<(u64, String, String)> = outbox
+            .lock()
+            .entries
+            .iter()
+            .map(|(seq, e)| (*seq, e.job_id.to_string(), e.lease_id.to_string()))
+            .collect();
+        assert_eq!(
+            leases,
+            [
+                (1, "j1".to_owned(), "l_journal".to_owned()),
+                (2, "j1".to_owned(), "l_done".to_owned()),
+            ],
+            "the step takes the journal's lease, the completion its own; j2's step cannot be sent"
+        );
+        assert!(!dir.path().join(format!("{:020}.json", 3)).exists());
+        // New entries go on after the highest sequence found, dropped ones included.
+        assert_eq!(outbox.lock().next_seq, 4);
+    }
+
     #[tokio::test]
     async fn entries_survive_a_reopen_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let outbox = Outbox::open(dir.path(), Gauge::default()).expect("open");
-        outbox.push(&"j1".into(), step(0)).await.expect("push");
-        outbox.push(&"j2".into(), step(0)).await.expect("push");
+        let outbox = Outbox::open(dir.path(), Gauge::default(), no_journal).expect("open");
+        let lease: LeaseId = "l".into();
+        outbox
+            .push(&"j1".into(), &lease, step(0))
+            .await
+            .expect("push");
+        outbox
+            .push(&"j2".into(), &lease, step(0))
+            .await
+            .expect("push");
         let complete = Item::Complete(CompleteRequest {
             lease_id: "l".into(),
             result: JobResult::Success,
@@ -421,7 +522,7 @@ mod tests {
             log_bytes: 12,
         });
         let seq = outbox
-            .push(&"j1".into(), complete.clone())
+            .push(&"j1".into(), &lease, complete.clone())
             .await
             .expect("push");
         drop(outbox);
@@ -429,7 +530,7 @@ mod tests {
         fs::write(dir.path().join("00000000000000000099.json.tmp"), b"{").expect("write");
 
         let depth = Gauge::default();
-        let outbox = Outbox::open(dir.path(), depth.clone()).expect("reopen");
+        let outbox = Outbox::open(dir.path(), depth.clone(), no_journal).expect("reopen");
         assert_eq!(outbox.len(), 3);
         assert_eq!(depth.get(), 3);
         let (found, req) = outbox.pending_completion(&"j1".into()).expect("completion");
@@ -438,7 +539,10 @@ mod tests {
         assert!(outbox.pending_completion(&"j2".into()).is_none());
         assert!(!dir.path().join("00000000000000000099.json.tmp").exists());
         // New entries continue the sequence.
-        let next = outbox.push(&"j3".into(), step(1)).await.expect("push");
+        let next = outbox
+            .push(&"j3".into(), &lease, step(1))
+            .await
+            .expect("push");
         assert!(next > seq);
         outbox.remove(seq).await;
         outbox.wait_delivered(seq).await;

@@ -77,7 +77,14 @@ impl Scheduler {
             .create()
             .map_err(|e| SchedulerError::state("create directory", &config.state_dir, e))?;
         let metrics = Metrics::register(registry);
-        let outbox = Outbox::open(&state.outbox(), metrics.outbox_depth.clone())
+        // Entries of an earlier runner version name no lease: the journal has it.
+        let journal = state.clone();
+        let lease_of = move |job_id: &JobId| {
+            JournalRecord::read(&journal, job_id)
+                .ok()
+                .map(|record| record.assignment.lease_id)
+        };
+        let outbox = Outbox::open(&state.outbox(), metrics.outbox_depth.clone(), lease_of)
             .map_err(|e| SchedulerError::state("open the outbox", state.outbox(), e))?;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let secrets = SecretProviders {

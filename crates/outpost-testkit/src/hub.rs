@@ -297,7 +297,10 @@ impl TestHub {
 
     /// Fetches a job of `org`; panics unless 200.
     pub async fn job(&self, org: &Org, job_id: impl AsRef<str>) -> JobDetails {
-        let answer = self.as_org(org).get(&paths::job(&org.name, job_id.as_ref())).await;
+        let answer = self
+            .as_org(org)
+            .get(&paths::job(&org.name, job_id.as_ref()))
+            .await;
         self.check(answer.code() == 200, &format!("get job: {answer:?}"));
         answer.json()
     }

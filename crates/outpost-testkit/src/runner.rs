@@ -131,22 +131,56 @@ impl TestRunner {
         response
     }
 
-    /// Appends `bytes` at `offset` to a job's log; the raw answer.
-    pub async fn append_log(&self, job_id: impl AsRef<str>, offset: u64, bytes: impl Into<Bytes>) -> Response {
-        self.http
-            .post_bytes(&paths::job_log(job_id.as_ref(), offset), bytes)
+    /// Appends `bytes` at `offset` to the log of `job`, as the holder of its lease; the raw
+    /// answer.
+    pub async fn append_log(
+        &self,
+        job: &JobAssignment,
+        offset: u64,
+        bytes: impl Into<Bytes>,
+    ) -> Response {
+        self.append_log_as(&job.job_id, &job.lease_id, offset, bytes)
             .await
     }
 
     /// Appends and panics unless 200; returns `committed`.
-    pub async fn append_log_ok(&self, job_id: impl AsRef<str>, offset: u64, bytes: impl Into<Bytes>) -> u64 {
-        let answer = self.append_log(job_id, offset, bytes).await;
+    pub async fn append_log_ok(
+        &self,
+        job: &JobAssignment,
+        offset: u64,
+        bytes: impl Into<Bytes>,
+    ) -> u64 {
+        let answer = self.append_log(job, offset, bytes).await;
         answer.expect(200).json::<LogAppendResponse>().committed
     }
 
-    /// Upserts a step; the raw answer.
-    pub async fn step(&self, job_id: impl AsRef<str>, update: &StepUpdate) -> Response {
-        self.http.post_json(&paths::job_steps(job_id.as_ref()), update).await
+    /// Appends to the log of job `job_id` naming lease `lease_id` (another runner's, a made-up
+    /// one); the raw answer.
+    pub async fn append_log_as(
+        &self,
+        job_id: impl AsRef<str>,
+        lease_id: impl AsRef<str>,
+        offset: u64,
+        bytes: impl Into<Bytes>,
+    ) -> Response {
+        let path = paths::job_log(job_id.as_ref(), lease_id.as_ref(), offset);
+        self.http.post_bytes(&path, bytes).await
+    }
+
+    /// Upserts a step of `job`, as the holder of its lease; the raw answer.
+    pub async fn step(&self, job: &JobAssignment, update: &StepUpdate) -> Response {
+        self.step_as(&job.job_id, &job.lease_id, update).await
+    }
+
+    /// Upserts a step of job `job_id` naming lease `lease_id`; the raw answer.
+    pub async fn step_as(
+        &self,
+        job_id: impl AsRef<str>,
+        lease_id: impl AsRef<str>,
+        update: &StepUpdate,
+    ) -> Response {
+        let path = paths::job_steps(job_id.as_ref(), lease_id.as_ref());
+        self.http.post_json(&path, update).await
     }
 
     /// Completes a job; the raw answer.

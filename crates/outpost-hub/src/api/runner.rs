@@ -223,23 +223,40 @@ pub(crate) async fn heartbeat(
     }))
 }
 
+/// The query of a log append: where the bytes go, and the writer's lease.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct OffsetQuery {
+pub(crate) struct LogQuery {
     offset: u64,
+    lease_id: String,
 }
 
-/// `POST /api/v1/runner/jobs/{id}/log?offset=N`: raw bytes at offset N.
+/// The query of a step update: the writer's lease.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LeaseQuery {
+    lease_id: String,
+}
+
+/// `POST /api/v1/runner/jobs/{id}/log?offset=N&lease_id=L`: raw bytes at offset N, from the
+/// holder of lease L.
 pub(crate) async fn append_log(
     State(state): State<AppState>,
     RunnerAuth(org, _): RunnerAuth,
     ApiPath(job_id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<OffsetQuery>,
+    ApiQuery(query): ApiQuery<LogQuery>,
     LogBody(body): LogBody,
 ) -> Result<Json<LogAppendResponse>, ApiError> {
     let appended = state
         .store
-        .append_log(org.id, job_id.clone(), query.offset, body, Timestamp::now())
+        .append_log(
+            org.id,
+            job_id.clone(),
+            query.lease_id,
+            query.offset,
+            body,
+            Timestamp::now(),
+        )
         .await?;
     if appended.added > 0 {
         state.metrics.log_bytes.inc_by(appended.added);
@@ -250,16 +267,24 @@ pub(crate) async fn append_log(
     }))
 }
 
-/// `POST /api/v1/runner/jobs/{id}/steps`: upserts one step; answers the step as stored.
+/// `POST /api/v1/runner/jobs/{id}/steps?lease_id=L`: upserts one step, from the holder of
+/// lease L; answers the step as stored.
 pub(crate) async fn upsert_step(
     State(state): State<AppState>,
     RunnerAuth(org, _): RunnerAuth,
     ApiPath(job_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<LeaseQuery>,
     ApiJson(step): ApiJson<StepUpdate>,
 ) -> Result<Json<StepInfo>, ApiError> {
     state
         .store
-        .upsert_step(org.id, job_id, step.clone(), Timestamp::now())
+        .upsert_step(
+            org.id,
+            job_id,
+            query.lease_id,
+            step.clone(),
+            Timestamp::now(),
+        )
         .await?;
     Ok(Json(StepInfo::from(step)))
 }

@@ -141,6 +141,16 @@ pub enum StoreError {
     /// The lease id is not the job's lease.
     #[error("lease {lease} is not the lease of job {job}")]
     LeaseMismatch { job: String, lease: String },
+    /// The job has ended: its log and steps take no new writes.
+    #[error("job {job} has ended ({state}): {what} closed")]
+    JobEnded {
+        job: String,
+        state: JobState,
+        /// `its log is` or `its steps are`.
+        what: &'static str,
+        /// The log bytes the hub holds, on a refused log append.
+        committed: Option<u64>,
+    },
     /// A log append would leave a gap.
     #[error(
         "log of job {job}: offset {offset} is past the {committed} bytes committed; resend from {committed}"
@@ -262,11 +272,13 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<HeartbeatOutcome, StoreError>;
-    /// Appends log bytes at `offset` (see DESIGN.md §3 for replay and gap rules).
+    /// Appends log bytes at `offset` for the holder of `lease_id` (docs/protocol.md: lease,
+    /// replay, gap and closed-log rules).
     async fn append_log(
         &self,
         org: OrgId,
         job_id: String,
+        lease_id: String,
         offset: u64,
         data: Bytes,
         now: Timestamp,
@@ -279,11 +291,13 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         max: usize,
     ) -> Result<LogSlice, StoreError>;
-    /// Upserts a step by (job, index); returns whether the job started running by it.
+    /// Upserts a step by (job, index) for the holder of `lease_id`; returns whether the job
+    /// started running by it. Refused once the job has ended.
     async fn upsert_step(
         &self,
         org: OrgId,
         job_id: String,
+        lease_id: String,
         step: StepUpdate,
         now: Timestamp,
     ) -> Result<bool, StoreError>;

@@ -541,6 +541,18 @@ fn job_head(tx: &Transaction<'_>, org: OrgId, job_id: &str) -> TxResult<JobHead>
     })
 }
 
+/// Checks that `lease_id` is the job's lease: only its holder writes to a job.
+fn check_lease(head: &JobHead, job_id: &str, lease_id: &str) -> Result<(), StoreError> {
+    if head.lease_id.as_deref() == Some(lease_id) {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseMismatch {
+            job: job_id.to_owned(),
+            lease: lease_id.to_owned(),
+        })
+    }
+}
+
 fn queued_error(job_id: &str) -> StoreError {
     StoreError::InvalidState {
         job: job_id.to_owned(),
@@ -1009,6 +1021,7 @@ impl Store for SqliteStore {
         &self,
         org: OrgId,
         job_id: String,
+        lease_id: String,
         offset: u64,
         data: Bytes,
         now: Timestamp,
@@ -1022,19 +1035,30 @@ impl Store for SqliteStore {
             if head.state == JobState::Queued {
                 return Err(queued_error(&job_id));
             }
+            check_lease(&head, &job_id, &lease_id)?;
             let committed = head.log_bytes;
+            let end = offset.saturating_add(data.len() as u64);
+            // A replay of bytes the hub holds is harmless, also once the job has ended (a
+            // retry whose answer was lost, a restarted runner asking where to resume).
+            if offset <= committed && end <= committed {
+                return Ok(Appended {
+                    committed,
+                    added: 0,
+                });
+            }
+            if head.state.is_terminal() {
+                return Err(StoreError::JobEnded {
+                    job: job_id,
+                    state: head.state,
+                    what: "its log is",
+                    committed: Some(committed),
+                });
+            }
             if offset > committed {
                 return Err(StoreError::LogGap {
                     job: job_id,
                     offset,
                     committed,
-                });
-            }
-            let end = offset.saturating_add(data.len() as u64);
-            if end <= committed {
-                return Ok(Appended {
-                    committed,
-                    added: 0,
                 });
             }
             // Bytes below `committed` were stored by an earlier call: skip them.
@@ -1048,12 +1072,14 @@ impl Store for SqliteStore {
                     "UPDATE jobs SET log_bytes = ?3,
                          state = CASE WHEN state = 'assigned' THEN 'running' ELSE state END,
                          started_at = CASE WHEN state = 'assigned' THEN ?4 ELSE started_at END
-                     WHERE seq = ?1 AND log_bytes = ?2 AND state <> 'queued'",
+                     WHERE seq = ?1 AND log_bytes = ?2 AND state IN ('assigned', 'running')
+                         AND lease_id = ?5",
                     params![
                         head.seq,
                         i64_of(committed),
                         i64_of(committed + added),
-                        now.unix_millis()
+                        now.unix_millis(),
+                        lease_id
                     ],
                 )?;
                 if updated == 1 {
@@ -1064,6 +1090,16 @@ impl Store for SqliteStore {
                 let again = job_head(tx, org, &job_id)?;
                 if again.state == JobState::Queued {
                     return Err(queued_error(&job_id).into());
+                }
+                check_lease(&again, &job_id, &lease_id)?;
+                if again.state.is_terminal() {
+                    return Err(StoreError::JobEnded {
+                        job: job_id.clone(),
+                        state: again.state,
+                        what: "its log is",
+                        committed: Some(again.log_bytes),
+                    }
+                    .into());
                 }
                 Err(StoreError::InvalidState {
                     job: job_id.clone(),
@@ -1121,6 +1157,7 @@ impl Store for SqliteStore {
         &self,
         org: OrgId,
         job_id: String,
+        lease_id: String,
         step: StepUpdate,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
@@ -1128,6 +1165,16 @@ impl Store for SqliteStore {
             let head = job_head(tx, org, &job_id)?;
             if head.state == JobState::Queued {
                 return Err(queued_error(&job_id).into());
+            }
+            check_lease(&head, &job_id, &lease_id)?;
+            if head.state.is_terminal() {
+                return Err(StoreError::JobEnded {
+                    job: job_id,
+                    state: head.state,
+                    what: "its steps are",
+                    committed: None,
+                }
+                .into());
             }
             let (class, message) = match &step.failure {
                 Some(f) => (Some(f.class.as_str()), Some(f.message.as_str())),
@@ -1578,6 +1625,7 @@ mod tests {
             .append_log(
                 org,
                 job.to_owned(),
+                format!("l_{job}"),
                 offset,
                 Bytes::copy_from_slice(data),
                 at(3),
@@ -1629,7 +1677,14 @@ mod tests {
         assert_eq!(log(&store, org.id, "j_a", 11, 4).await, b"");
         // Job ids from a request never reach the file system unless the job exists.
         let err = store
-            .append_log(org.id, "../../x".into(), 0, Bytes::from_static(b"x"), at(3))
+            .append_log(
+                org.id,
+                "../../x".into(),
+                "l_x".into(),
+                0,
+                Bytes::from_static(b"x"),
+                at(3),
+            )
             .await
             .expect_err("no such job");
         assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
@@ -1656,7 +1711,14 @@ mod tests {
                     for i in 0..100 {
                         let bytes = line(&job, i);
                         let answer = store
-                            .append_log(org.id, job.clone(), offset, bytes.clone().into(), at(3))
+                            .append_log(
+                                org.id,
+                                job.clone(),
+                                format!("l_{job}"),
+                                offset,
+                                bytes.clone().into(),
+                                at(3),
+                            )
                             .await
                             .expect("append");
                         offset += bytes.len() as u64;
@@ -1697,7 +1759,14 @@ mod tests {
         let store = open(dir.path()).await;
         assert_eq!(log(&store, org.id, "j_t", 0, 1 << 20).await, b"committed\n");
         let gap = store
-            .append_log(org.id, "j_t".into(), 20, Bytes::from_static(b"x"), at(3))
+            .append_log(
+                org.id,
+                "j_t".into(),
+                lease.clone(),
+                20,
+                Bytes::from_static(b"x"),
+                at(3),
+            )
             .await
             .expect_err("the torn tail is not counted");
         assert!(
@@ -1737,7 +1806,7 @@ mod tests {
                 log_offset: Some(0),
             };
             store
-                .upsert_step(org.id, job.to_owned(), step, at(3))
+                .upsert_step(org.id, job.to_owned(), lease.clone(), step, at(3))
                 .await
                 .expect("step");
             if let Some(ms) = ended {
