@@ -175,9 +175,6 @@ impl Cluster {
             Resource::PersistentVolumeClaims => {
                 // The PV controller binds at once: a dynamically provisioned volume per claim.
                 self.bind_claim(ns, &name, &uid);
-                if let Some(v) = self.store().get(r, ns, &name) {
-                    return Ok((*v).clone());
-                }
             }
             _ => {}
         }

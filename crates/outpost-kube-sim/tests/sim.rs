@@ -35,6 +35,10 @@ impl Ctx {
 }
 
 async fn setup(cfg: SimConfig) -> Option<Ctx> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let docker = match bollard::Docker::connect_with_defaults() {
         Ok(d) => d,
         Err(e) => return skip(&e.to_string()),
@@ -391,9 +395,16 @@ async fn attach_streams_a_checkout_into_an_init_container() {
     tokio::io::AsyncWriteExt::write_all(&mut stdin, &bytes)
         .await
         .expect("write");
-    drop(stdin);
+    // kube's stdin is one half of a simplex pipe: EOF is a shutdown, not a drop.
+    tokio::io::AsyncWriteExt::shutdown(&mut stdin)
+        .await
+        .expect("close stdin");
     let status = within("the attach status", attached.take_status().expect("status")).await;
-    assert_eq!(status.and_then(|s| s.status).as_deref(), Some("Success"));
+    assert_eq!(
+        status.as_ref().and_then(|s| s.status.as_deref()),
+        Some("Success"),
+        "{status:?}"
+    );
     let done = wait_pod(&pods, "checkout", "Succeeded", |p| phase(p) == "Succeeded").await;
     assert_eq!(terminated(&done, "checkout"), Some((0, "Completed".into())));
     let log = pods
@@ -463,7 +474,10 @@ async fn logs_follow_rotate_and_resume_by_time() {
     tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
         .await
         .expect("write");
-    drop(stdin);
+    // kube's stdin is one half of a simplex pipe: EOF is a shutdown, not a drop.
+    tokio::io::AsyncWriteExt::shutdown(&mut stdin)
+        .await
+        .expect("close stdin");
     wait_pod(&pods, "chatty", "Succeeded", |p| phase(p) == "Succeeded").await;
     let followed = within("the follower's end", follower)
         .await

@@ -515,8 +515,10 @@ impl Node {
             );
             pod["status"].take()
         });
+        // Read first: the store's lock must not be held while the event is recorded.
+        let obj = self.cluster.store().get(Resource::Pods, ns, name);
         if written.is_some()
-            && let Some(obj) = self.cluster.store().get(Resource::Pods, ns, name)
+            && let Some(obj) = obj
         {
             self.cluster.event(
                 &obj,
