@@ -123,7 +123,10 @@ pub async fn runner_id(hub: &TestHub, org: &Org, name: &str) -> String {
 
 /// What is on the engine with the label `key=value`: `(containers, networks, volumes)`, each a
 /// list of names. Volumes of kind `cache` are left out unless `with_caches` (caches outlive jobs
-/// by design).
+/// by design). A network carries no job id (the backend makes it before its job, as the
+/// runner's spare): a job's network is the one its containers and workspace volume name
+/// (label `outpost.network`); a runner's networks are those labelled with its id, less the one
+/// spare no resource names.
 pub async fn resources(
     key: &str,
     value: &str,
@@ -134,10 +137,47 @@ pub async fn resources(
         |text: String| -> Vec<String> { text.split_whitespace().map(str::to_owned).collect() };
     let containers =
         names(docker_ok(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]).await);
-    let networks =
-        names(docker_ok(&["network", "ls", "--filter", &label, "--format", "{{.Name}}"]).await);
     let mut volumes =
         names(docker_ok(&["volume", "ls", "--filter", &label, "--format", "{{.Name}}"]).await);
+    let named = |kind: &'static str| {
+        let label = label.clone();
+        async move {
+            let mut args = vec![kind];
+            if kind == "volume" {
+                args.push("ls");
+            } else {
+                args.push("-a");
+            }
+            args.extend([
+                "--filter",
+                &label,
+                "--format",
+                "{{.Label \"outpost.network\"}}",
+            ]);
+            names(docker_ok(&args).await)
+        }
+    };
+    let mut referenced: Vec<String> = named("volume").await;
+    referenced.extend(named("ps").await);
+    referenced.retain(|n| !n.is_empty() && n != "<no" && n != "value>");
+    referenced.sort();
+    referenced.dedup();
+    let labelled =
+        names(docker_ok(&["network", "ls", "--filter", &label, "--format", "{{.Name}}"]).await);
+    let mut networks: Vec<String> = Vec::new();
+    let mut spare_allowed = key == "outpost.runner-id";
+    for n in labelled {
+        if !referenced.contains(&n) && spare_allowed {
+            spare_allowed = false;
+            continue;
+        }
+        networks.push(n);
+    }
+    for n in referenced {
+        if !networks.contains(&n) && network_exists(&n).await {
+            networks.push(n);
+        }
+    }
     if !with_caches {
         let caches = names(
             docker_ok(&[
@@ -155,6 +195,21 @@ pub async fn resources(
         volumes.retain(|v| !caches.contains(v));
     }
     (containers, networks, volumes)
+}
+
+async fn network_exists(name: &str) -> bool {
+    let filter = format!("name=^{name}$");
+    !docker_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.Name}}",
+    ])
+    .await
+    .trim()
+    .is_empty()
 }
 
 /// Waits until no container, network or (non-cache) volume labelled with `runner_id` is left on
