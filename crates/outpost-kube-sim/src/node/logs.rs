@@ -294,9 +294,7 @@ impl Reader {
             }
             // Seen-marking before the read: a write after it wakes the wait below.
             self.rx.borrow_and_update();
-            let Some((file, generation)) = self.file.as_mut() else {
-                return None;
-            };
+            let (file, generation) = self.file.as_mut()?;
             let generation = *generation;
             let n = match file.read(&mut buf).await {
                 Ok(n) => n,

@@ -762,20 +762,19 @@ impl Worker {
         let c = self.specs[idx].0.clone();
         let sandbox = lock(&self.sandbox).clone().unwrap_or_default();
         let ports = c.ports.clone().unwrap_or_default();
-        if let Some(p) = &c.startup_probe {
-            if !self
+        if let Some(p) = &c.startup_probe
+            && !self
                 .probe_until(idx, p, &h, &sandbox, &ports, "Startup")
                 .await
-            {
-                let name = c.name.clone();
-                self.event(
-                    Some(idx),
-                    "Normal",
-                    "Killing",
-                    &format!("Container {name} failed startup probe, will be restarted"),
-                );
-                return false;
-            }
+        {
+            let name = c.name.clone();
+            self.event(
+                Some(idx),
+                "Normal",
+                "Killing",
+                &format!("Container {name} failed startup probe, will be restarted"),
+            );
+            return false;
         }
         {
             let mut s = lock(&self.state);
