@@ -82,17 +82,6 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// Durations print as they are written in the config file (`10s`, `7days`).
-fn humantime_serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
-}
-
-fn humantime_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration: {e}")))
-}
-
 /// Configuration of the Docker backend (`[executor]` in runner-docker's config file).
 ///
 /// The runner id is not configured here: it comes with every `PreparedJob`, and with every call
@@ -114,16 +103,10 @@ pub struct DockerConfig {
     /// containers run privileged. Default: none. No other container is ever privileged.
     pub privileged_images: Vec<String>,
     /// Grace period between the stop signal and the kill on cancel and timeouts. Default `10s`.
-    #[serde(
-        deserialize_with = "humantime_duration",
-        serialize_with = "humantime_serialize"
-    )]
+    #[serde(with = "outpost_time::serde_duration")]
     pub stop_grace: Duration,
     /// A cache volume not used by any job for this long is removed by `sweep`. Default `7days`.
-    #[serde(
-        deserialize_with = "humantime_duration",
-        serialize_with = "humantime_serialize"
-    )]
+    #[serde(with = "outpost_time::serde_duration")]
     pub cache_retention: Duration,
     /// Docker client config file holding registry credentials (`auths`). Default:
     /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`; a missing file means no
@@ -146,17 +129,11 @@ pub struct DockerConfig {
     pub state_dir: Option<PathBuf>,
     /// Limit on the engine's answer to one API call (not on streams: logs, waits and pulls run as
     /// long as they need). Default `5m`.
-    #[serde(
-        deserialize_with = "humantime_duration",
-        serialize_with = "humantime_serialize"
-    )]
+    #[serde(with = "outpost_time::serde_duration")]
     pub api_timeout: Duration,
     /// How long the resources of a job without a timeout are labelled to live
     /// (`outpost.expires-at`). Default `24h`.
-    #[serde(
-        deserialize_with = "humantime_duration",
-        serialize_with = "humantime_serialize"
-    )]
+    #[serde(with = "outpost_time::serde_duration")]
     pub default_expiry: Duration,
 }
 
@@ -232,8 +209,8 @@ impl DockerConfig {
                 format!(
                     "{} must be shorter than api_timeout ({}): a stop waits that long for the \
                      engine's answer",
-                    humantime::format_duration(self.stop_grace),
-                    humantime::format_duration(self.api_timeout)
+                    outpost_time::format(self.stop_grace),
+                    outpost_time::format(self.api_timeout)
                 ),
             );
         }
