@@ -1,6 +1,7 @@
 //! The live view of one job in the terminal: the job's log as it is committed, a line per step as
 //! it starts and ends, a spinner with the running step's elapsed time (on a terminal), and a
-//! summary with durations and the result.
+//! summary with durations and the result. Step names and failure messages come from the runner:
+//! their control characters are printed as escapes, so a runner cannot drive the terminal.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use outpost_client::HubClient;
-use outpost_protocol::{JobDetails, JobState, StepInfo, StepState};
+use outpost_protocol::text::escape_control;
+use outpost_protocol::{Failure, JobDetails, JobState, StepInfo, StepState};
 
 use crate::CliError;
 
@@ -159,7 +161,7 @@ impl View {
         let name = self
             .steps
             .get(&index)
-            .map(|s| s.name.clone())
+            .map(|s| escape_control(&s.name).into_owned())
             .unwrap_or_default();
         self.frame = (self.frame + 1) % SPINNER.len();
         let line = format!(
@@ -216,9 +218,13 @@ impl View {
             StepState::Cancelled => (self.paint("33", "⊘"), "cancelled".to_owned()),
             StepState::Pending | StepState::Running => (" ".to_owned(), String::new()),
         };
-        format!("{mark} {:<20} {:>8}  {detail}", step.name, took)
-            .trim_end()
-            .to_owned()
+        format!(
+            "{mark} {:<20} {:>8}  {detail}",
+            escape_control(&step.name),
+            took
+        )
+        .trim_end()
+        .to_owned()
     }
 
     fn line(&mut self, text: &str) {
@@ -266,10 +272,16 @@ impl View {
             outpost_time::format(total)
         ));
         if let Some(f) = &job.failure {
-            text.push_str(&format!(" ({}: {})", f.class, f.message));
+            text.push_str(&failure_text(f));
         }
         self.line(&text);
     }
+}
+
+/// ` (class: message)` for the summary line. The message comes from the runner: its control
+/// characters are shown as escapes, never sent to the terminal.
+fn failure_text(failure: &Failure) -> String {
+    format!(" ({}: {})", failure.class, escape_control(&failure.message))
 }
 
 fn step_duration(step: &StepInfo) -> Option<Duration> {
@@ -298,5 +310,33 @@ mod tests {
             view.step_line(&step),
             "✘ test                    12.3s  exit 2"
         );
+    }
+
+    #[test]
+    fn what_a_runner_named_cannot_drive_the_terminal() {
+        let view = View::new(false, false);
+        let step = StepInfo {
+            index: 0,
+            name: "\x1b]0;pwned\x07x\n✔ deploy".into(),
+            state: StepState::Skipped,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            failure: None,
+            log_offset: None,
+        };
+        let line = view.step_line(&step);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("\\u{1b}]0;pwned\\u{7}x\\n✔ deploy"),
+            "{line:?}"
+        );
+        let failure = outpost_protocol::Failure::new(
+            outpost_protocol::FailureClass::Script,
+            "exit 2\x1b[1A\x1b[2K✔ success",
+        );
+        let text = failure_text(&failure);
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(text, " (script: exit 2\\u{1b}[1A\\u{1b}[2K✔ success)");
     }
 }

@@ -5,6 +5,7 @@
 //! that breaks one is a wire-format change and needs a new API version.
 
 mod ids;
+pub mod text;
 mod time;
 
 use std::collections::BTreeMap;

@@ -23,6 +23,7 @@ use outpost_executor::{
     StepSpec, event_channel,
 };
 use outpost_logship::{JobLog, LogshipError, Masker, Uploader, UploaderConfig, UploaderHandle};
+use outpost_protocol::text::clean_message;
 use outpost_protocol::{
     CompleteRequest, Failure, FailureClass, JobAssignment, JobId, JobResult, LeaseId, RunnerId,
     StepState, StepUpdate, Timestamp,
@@ -666,6 +667,12 @@ impl Finishing {
             }
             None => (0, None, outcome.failure),
         };
+        // The hub refuses control characters and huge messages (a tool's raw stderr may have
+        // both): send them escaped and cut, never lose the completion over them.
+        let failure = failure.map(|f| Failure {
+            message: clean_message(&f.message).into_owned(),
+            class: f.class,
+        });
         if run.entry.is_lost() {
             // The hub gave the job up (it may even run elsewhere by now): send nothing more.
             tracing::warn!(job_id = %run.job_id(), "the job's lease was lost; its result and log are not reported");
@@ -940,7 +947,7 @@ impl StepTracker {
                     started_at,
                     finished_at: Some(Timestamp::from(at)),
                     failure: outcome.failure.map(|f| Failure {
-                        message: writer.mask_str(&f.message),
+                        message: clean_message(&writer.mask_str(&f.message)).into_owned(),
                         class: f.class,
                     }),
                     log_offset,

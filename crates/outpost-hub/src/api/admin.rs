@@ -178,7 +178,7 @@ pub(crate) async fn submit_job(
     if let Some(name) = variables.keys().find(|k| k.is_empty() || k.contains('=')) {
         return Err(unprocessable(format!("invalid variable name {name:?}")));
     }
-    let labels = clean_labels(labels)?;
+    let labels = clean_labels("labels", labels)?;
     let job_id = new_id("j_");
     let job = NewJob {
         job_id: job_id.clone(),

@@ -9,9 +9,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use outpost_protocol::{
-    AcquireRequest, AcquireResponse, CompleteRequest, CompleteResponse, HeartbeatRequest,
+    AcquireRequest, AcquireResponse, CompleteRequest, CompleteResponse, Failure, HeartbeatRequest,
     HeartbeatResponse, LogAppendResponse, RegisterRequest, RegisterResponse, StepInfo, StepUpdate,
-    Timestamp,
+    Timestamp, text,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -44,20 +44,35 @@ fn unprocessable(message: impl Into<String>) -> ApiError {
     ApiError::new(outpost_protocol::ErrorCode::Unprocessable, message)
 }
 
-/// Checks a list of labels and removes duplicates, keeping the first occurrence.
-pub(crate) fn clean_labels(labels: Vec<String>) -> Result<Vec<String>, ApiError> {
+/// A `422` naming the field and what is wrong with it.
+pub(crate) fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
+    unprocessable(format!("invalid `{field}`: {problem}"))
+}
+
+/// Checks a list of labels (`field`) and removes duplicates, keeping the first occurrence.
+pub(crate) fn clean_labels(field: &str, labels: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if labels.len() > text::MAX_LABELS {
+        return Err(invalid(
+            field,
+            format!("{} labels; at most {}", labels.len(), text::MAX_LABELS),
+        ));
+    }
     let mut out: Vec<String> = Vec::with_capacity(labels.len());
     for label in labels {
-        if label.is_empty() || label.chars().any(|c| c.is_whitespace() || c == ',') {
-            return Err(unprocessable(format!(
-                "invalid label {label:?}: labels are non-empty and contain no whitespace or commas"
-            )));
-        }
+        text::check_label(&label).map_err(|problem| invalid(field, problem))?;
         if !out.contains(&label) {
             out.push(label);
         }
     }
     Ok(out)
+}
+
+/// Checks a failure message a runner sent (`field`).
+fn check_failure(field: &str, failure: Option<&Failure>) -> Result<(), ApiError> {
+    match failure {
+        Some(f) => text::check_message(&f.message).map_err(|problem| invalid(field, problem)),
+        None => Ok(()),
+    }
 }
 
 /// `POST /api/v1/runner/register`
@@ -66,22 +81,24 @@ pub(crate) async fn register(
     RunnerAuth(org, _): RunnerAuth,
     ApiJson(mut request): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    if request.name.trim().is_empty() {
-        return Err(unprocessable("runner name must not be empty"));
-    }
-    if request.executor.trim().is_empty() {
-        return Err(unprocessable("executor must not be empty"));
+    for (field, value) in [
+        ("name", &request.name),
+        ("executor", &request.executor),
+        ("version", &request.version),
+    ] {
+        text::check_name(value).map_err(|problem| invalid(field, problem))?;
     }
     if request.capacity == 0 {
-        return Err(unprocessable("capacity must be at least 1"));
+        return Err(invalid("capacity", "must be at least 1"));
     }
-    request.labels = clean_labels(request.labels)?;
+    request.labels = clean_labels("labels", request.labels)?;
     let name = request.name.clone();
     let runner_id = state
         .store
         .register_runner(org.id, new_id("r_"), request, Timestamp::now())
         .await?;
-    tracing::info!(org = %org.name, runner = %runner_id, %name, "runner registered");
+    // Debug-quoted: whatever a runner calls itself stays inside one field of one log line.
+    tracing::info!(org = %org.name, runner = %runner_id, name = ?name, "runner registered");
     Ok(Json(RegisterResponse {
         runner_id: runner_id.into(),
         lease_ttl_s: state.config.lease_ttl_s,
@@ -276,6 +293,8 @@ pub(crate) async fn upsert_step(
     ApiQuery(query): ApiQuery<LeaseQuery>,
     ApiJson(step): ApiJson<StepUpdate>,
 ) -> Result<Json<StepInfo>, ApiError> {
+    text::check_name(&step.name).map_err(|problem| invalid("name", problem))?;
+    check_failure("failure.message", step.failure.as_ref())?;
     state
         .store
         .upsert_step(
@@ -296,6 +315,7 @@ pub(crate) async fn complete(
     ApiPath(job_id): ApiPath<String>,
     ApiJson(request): ApiJson<CompleteRequest>,
 ) -> Result<Json<CompleteResponse>, ApiError> {
+    check_failure("failure.message", request.failure.as_ref())?;
     let completed = state
         .store
         .complete_job(org.id, job_id.clone(), request, Timestamp::now())
@@ -308,4 +328,15 @@ pub(crate) async fn complete(
         job_id: job_id.into(),
         state: completed.state,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_follow_the_pipelines_rule_for_step_names() {
+        assert_eq!(
+            outpost_protocol::text::MAX_NAME_CHARS,
+            outpost_pipeline::MAX_STEP_NAME_CHARS
+        );
+    }
 }
