@@ -31,6 +31,9 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
             any(attach::attach),
         )
         .route("/version", get(version))
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .route("/livez", get(ok))
         .route("/api", get(api_versions))
         .route("/apis", get(api_groups))
         .route("/api/v1", get(api_resources))
@@ -52,7 +55,12 @@ async fn gate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -> Respon
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let resp = if token == Some(c.cfg.token.as_str()) {
+    // As the apiserver's public-info-viewer role: version and health need no credentials.
+    let public = matches!(
+        path.as_str(),
+        "/version" | "/healthz" | "/readyz" | "/livez"
+    );
+    let resp = if public || token == Some(c.cfg.token.as_str()) {
         next.run(req).await
     } else {
         ApiError::unauthorized().into_response()
@@ -238,6 +246,10 @@ fn delete_options(
         opts.dry_run = Some(vec![d.clone()]);
     }
     Ok(opts)
+}
+
+async fn ok() -> &'static str {
+    "ok"
 }
 
 async fn version() -> Response {
