@@ -69,6 +69,8 @@ pub(crate) struct JobRun<'a> {
     deleted: bool,
     cursor: CursorFile,
     checkpoints: Vec<Checkpoint>,
+    /// The step's output so far ended with a newline (or there was none).
+    at_line_start: bool,
     /// When each container was first seen waiting for its image.
     pulling_since: HashMap<String, Instant>,
     unschedulable_since: Option<Instant>,
@@ -104,6 +106,7 @@ impl<'a> JobRun<'a> {
             setup_failure: None,
             deleted: false,
             checkpoints: Vec::new(),
+            at_line_start: true,
             pulling_since: HashMap::new(),
             unschedulable_since: None,
             expires_at: unix_now() + limit.as_secs(),
@@ -121,11 +124,19 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    async fn send(&self, event: ExecEvent) -> Result<(), ExecutorError> {
+    async fn send(&mut self, event: ExecEvent) -> Result<(), ExecutorError> {
+        if let ExecEvent::Output { data, .. } = &event
+            && let Some(&last) = data.last()
+        {
+            self.at_line_start = last == b'\n';
+        }
+        if let ExecEvent::StepStarted { .. } = &event {
+            self.at_line_start = true;
+        }
         self.events.send(event).await.map_err(|_| self.closed())
     }
 
-    async fn started(&self, step: &StepSpec) -> Result<(), ExecutorError> {
+    async fn started(&mut self, step: &StepSpec) -> Result<(), ExecutorError> {
         self.send(ExecEvent::StepStarted {
             index: step.index,
             at: SystemTime::now(),
@@ -133,8 +144,13 @@ impl<'a> JobRun<'a> {
         .await
     }
 
-    async fn note(&self, step: &StepSpec, text: &str) -> Result<(), ExecutorError> {
-        let mut out = String::new();
+    async fn note(&mut self, step: &StepSpec, text: &str) -> Result<(), ExecutorError> {
+        // The note starts a line of its own even when the step's output did not end one.
+        let mut out = if self.at_line_start {
+            String::new()
+        } else {
+            "\n".to_owned()
+        };
         for line in text.lines() {
             out.push_str("[outpost] ");
             out.push_str(line);
@@ -564,7 +580,7 @@ impl<'a> JobRun<'a> {
 
     /// Writes the failure and the pod's events into step `step`'s log.
     async fn report_failure(
-        &self,
+        &mut self,
         step: &StepSpec,
         outcome: &StepOutcome,
     ) -> Result<(), ExecutorError> {
@@ -572,7 +588,7 @@ impl<'a> JobRun<'a> {
             return Ok(());
         };
         let mut text = format!(
-            "\nstep `{}`: {} ({})\n",
+            "step `{}`: {} ({})\n",
             step.name, failure.message, failure.class
         );
         text.push_str(&format!("events of pod {}:\n", self.names.pod));
@@ -587,12 +603,21 @@ impl<'a> JobRun<'a> {
         match api.list(&lp).await {
             Ok(list) => {
                 let mut events: Vec<Event> = list.items;
+                // Event times have second precision: within a second, the order they were
+                // written in (resourceVersion, a number on every API server in practice).
                 events.sort_by_key(|e| {
-                    e.last_timestamp
+                    let time = e
+                        .last_timestamp
                         .as_ref()
                         .map(|t| t.0)
                         .or(e.event_time.as_ref().map(|t| t.0))
-                        .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                        .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0));
+                    let written = e
+                        .metadata
+                        .resource_version
+                        .as_deref()
+                        .and_then(|v| v.parse::<u64>().ok());
+                    (time, written)
                 });
                 if events.is_empty() {
                     return "  (none)\n".to_owned();
