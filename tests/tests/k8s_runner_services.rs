@@ -1,0 +1,157 @@
+//! The Kubernetes backend's pod parts composed by the real `runner-k8s`: a step reaches a service
+//! (a native sidecar) by its name, steps share the workspace, a git checkout reaches it, and a
+//! later job sees what an earlier one wrote to a cache claim. Every value checked is computed by
+//! the steps, so it is in the log only if they really ran.
+
+mod k8s_support;
+
+use k8s_support::{cluster_or_skip, start_runner};
+use outpost_e2e::{inline_job, step_header, text, wait_ended};
+use outpost_protocol::{GitSource, JobState, Source, SubmitJobRequest};
+use outpost_testkit::{TestHub, random_secret, unique};
+
+fn writer(cache: &str) -> String {
+    format!(
+        r#"version: 1
+image: outpost-test/busybox:1
+services:
+  - {{ name: echo, image: outpost-test/tcp-echo:1, ready: {{ tcp: 7000, timeout: 60s, interval: 1s }} }}
+caches:
+  - {{ name: {cache}, path: /cache }}
+steps:
+  - name: ping
+    run: |
+      # Without a readiness check a service may need a moment: retry, with a bound.
+      for i in $(seq 100); do
+        out=$(echo "ping-$TOKEN" | nc -w 1 echo 7000) && [ -n "$out" ] && break
+        sleep 0.1
+      done
+      echo "echo said $out"
+      echo "$out" | rev > reply.txt
+  - name: store
+    run: |
+      echo "workspace has $(cat reply.txt)"
+      echo "$(echo "$TOKEN" | rev)" > /cache/token
+"#
+    )
+}
+
+fn reader(cache: &str) -> String {
+    format!(
+        r#"version: 1
+image: outpost-test/busybox:1
+caches:
+  - {{ name: {cache}, path: /cache }}
+steps:
+  - name: load
+    run: echo "cache has $(cat /cache/token | rev)"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_runner_reaches_a_service_by_name_and_shares_a_cache_between_jobs() {
+    let Some(cluster) = cluster_or_skip(|_| {}).await else {
+        return;
+    };
+    let hub = TestHub::start().await;
+    let org = hub.create_org(&unique("org")).await;
+    let runner = start_runner(&hub, &org, &cluster, "", |b| b).await;
+    let cache = format!("c{}", &random_secret()[..12].to_lowercase());
+    let token = random_secret();
+    let reversed: String = token.chars().rev().collect();
+
+    let first = hub
+        .submit(&org, &inline_job(&writer(&cache), &[("TOKEN", &token)]))
+        .await;
+    let job = wait_ended(&hub, &org, &first).await;
+    let log = text(&hub.log(&org, &first).await);
+    assert_eq!(job.state, JobState::Success, "{job:#?}\n{log}");
+    let expected = format!(
+        "{}echo said ping-{token}\n{}workspace has {reversed}-gnip\n",
+        step_header("ping", true),
+        step_header("store", false),
+    );
+    assert_eq!(log, expected);
+
+    let second = hub.submit(&org, &inline_job(&reader(&cache), &[])).await;
+    let job = wait_ended(&hub, &org, &second).await;
+    let log = text(&hub.log(&org, &second).await);
+    assert_eq!(job.state, JobState::Success, "{job:#?}\n{log}");
+    assert_eq!(
+        log,
+        format!("{}cache has {token}\n", step_header("load", true))
+    );
+
+    // A checkout (cloned by the runner, streamed into the pod) is the steps' workspace.
+    let repo = tempfile::tempdir().expect("a temporary directory");
+    let word = random_secret();
+    let dir = repo.path();
+    std::fs::write(dir.join("word.txt"), format!("{word}\n")).expect("write word.txt");
+    std::fs::create_dir(dir.join("sub")).expect("mkdir sub");
+    std::fs::write(dir.join("sub/file"), "nested\n").expect("write sub/file");
+    std::fs::write(
+        dir.join(".outpost.yml"),
+        "version: 1\nimage: outpost-test/busybox:1\nsteps:\n  - name: show\n    run: echo \"from-$(cat word.txt) $(cat sub/file)\"\n",
+    )
+    .expect("write the pipeline");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "init"]);
+    let from_git = SubmitJobRequest {
+        source: Some(Source {
+            git: GitSource {
+                url: format!("file://{}", repo.path().display()),
+                git_ref: Some("main".to_owned()),
+            },
+            path: ".outpost.yml".to_owned(),
+        }),
+        ..SubmitJobRequest::default()
+    };
+    let third = hub.submit(&org, &from_git).await;
+    let job = wait_ended(&hub, &org, &third).await;
+    let log = text(&hub.log(&org, &third).await);
+    assert_eq!(job.state, JobState::Success, "{job:#?}\n{log}");
+    assert_eq!(
+        log,
+        format!("{}from-{word} nested\n", step_header("show", true))
+    );
+
+    cluster.assert_nothing_left(&runner.id).await;
+    // The cache claim stays for later jobs, free again.
+    let claims = cluster
+        .claims()
+        .list(&kube::api::ListParams::default().labels("outpost.dev/kind=cache"))
+        .await
+        .expect("list claims");
+    let ours: Vec<_> = claims
+        .items
+        .iter()
+        .filter(|c| {
+            c.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("outpost.dev/cache-name"))
+                .is_some_and(|n| *n == cache)
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "one claim for the cache: {ours:#?}");
+    let notes = ours[0].metadata.annotations.clone().unwrap_or_default();
+    assert!(!notes.contains_key("outpost.dev/in-use-by"), "{notes:?}");
+    assert!(notes.contains_key("outpost.dev/last-used"), "{notes:?}");
+    let name = ours[0].metadata.name.clone().unwrap_or_default();
+    let _ = cluster.claims().delete(&name, &Default::default()).await;
+}
