@@ -866,6 +866,7 @@ impl<'a> JobRun<'a> {
                 .filter(|c| c.step == step.index)
                 .max_by_key(|c| c.offset)
                 .map(|c| (c.at.as_second(), c.offset)),
+            candidate: None,
             consumed: *consumed,
             out: Vec::new(),
             marks: Vec::new(),
@@ -890,11 +891,13 @@ impl<'a> JobRun<'a> {
             match chunk {
                 None => {
                     parser.finish(&mut |piece| f.piece(piece));
+                    f.end_chunk();
                     ended = true;
                 }
                 Some(Ok(c)) => {
                     stream.consume_unpin(c.len());
                     parser.feed(&c, &mut |piece| f.piece(piece));
+                    f.end_chunk();
                 }
                 Some(Err(e)) => {
                     *consumed = f.consumed;
@@ -987,6 +990,8 @@ struct Follow {
     previous: Option<jiff::Timestamp>,
     /// The second and offset of the step's last checkpoint.
     last: Option<(i64, u64)>,
+    /// The last line of the current chunk that can be found again by its time.
+    candidate: Option<(jiff::Timestamp, u64)>,
     /// Output bytes the runner has (sent before, or now in `out`).
     consumed: u64,
     out: Vec<u8>,
@@ -996,6 +1001,31 @@ struct Follow {
 }
 
 impl Follow {
+    /// After a chunk: a checkpoint at the chunk's last line that can be found again, when the
+    /// second changed since the last one or [`crate::logs::CHECKPOINT_BYTES`] of output came.
+    /// So the last checkpoint before any consumed byte is at most about a chunk before it,
+    /// which is what keeps it in the kubelet's current log file after a rotation.
+    fn end_chunk(&mut self) {
+        let Some((at, offset)) = self.candidate.take() else {
+            return;
+        };
+        let due = match self.last {
+            None => true,
+            Some((second, last)) => {
+                offset > last
+                    && (at.as_second() > second || offset >= last + crate::logs::CHECKPOINT_BYTES)
+            }
+        };
+        if due {
+            self.last = Some((at.as_second(), offset));
+            self.marks.push(Checkpoint {
+                step: self.step,
+                at,
+                offset,
+            });
+        }
+    }
+
     fn piece(&mut self, piece: Piece<'_>) {
         match piece {
             Piece::Stamp(ts) => {
@@ -1016,18 +1046,10 @@ impl Follow {
                         self.offset = self.consumed;
                     }
                 }
-                let new_second = self.last.is_none_or(|(s, _)| ts.as_second() > s);
-                let far = self
-                    .last
-                    .is_none_or(|(_, o)| self.offset >= o + crate::logs::CHECKPOINT_BYTES);
-                let after = self.last.is_none_or(|(_, o)| self.offset > o);
-                if self.previous != Some(ts) && (new_second || far) && after {
-                    self.last = Some((ts.as_second(), self.offset));
-                    self.marks.push(Checkpoint {
-                        step: self.step,
-                        at: ts,
-                        offset: self.offset,
-                    });
+                if self.previous != Some(ts) {
+                    // A line whose time tells it apart from the one before: it can be found
+                    // again by that time.
+                    self.candidate = Some((ts, self.offset));
                 }
                 self.previous = Some(ts);
             }
@@ -1143,6 +1165,7 @@ mod tests {
                 .iter()
                 .max_by_key(|c| c.offset)
                 .map(|c| (c.at.as_second(), c.offset)),
+            candidate: None,
             consumed,
             out: Vec::new(),
             marks: Vec::new(),
@@ -1153,8 +1176,10 @@ mod tests {
             let ts = jiff::Timestamp::new(*s, *n).expect("in range");
             let line = format!("{ts} {text}\n");
             p.feed(line.as_bytes(), &mut |piece| f.piece(piece));
+            f.end_chunk();
         }
         p.finish(&mut |piece| f.piece(piece));
+        f.end_chunk();
         (
             String::from_utf8(f.out).expect("utf-8"),
             f.marks,
@@ -1220,11 +1245,12 @@ mod tests {
 
     #[test]
     fn bursts_get_a_checkpoint_every_so_many_bytes() {
-        let big = "x".repeat(100 * 1024);
-        let lines: Vec<(i64, i32, &str)> = (0..8).map(|i| (200, i + 1, big.as_str())).collect();
+        let line = "x".repeat(99);
+        let lines: Vec<(i64, i32, &str)> = (0..1000).map(|i| (200, i + 1, line.as_str())).collect();
         let (_, marks, _) = read(&lines, None, 0, &[]);
         let offsets: Vec<u64> = marks.iter().map(|m| m.offset).collect();
-        let line = big.len() as u64 + 1;
-        assert_eq!(offsets, [0, 3 * line, 6 * line]);
+        // 41 lines of 100 bytes are the first to reach 4 KiB.
+        let expected: Vec<u64> = (0..25).map(|i| i * 4100).collect();
+        assert_eq!(offsets, expected);
     }
 }

@@ -3,9 +3,9 @@
 //! (the kubelet rotates container logs, 10 MiB by default, and serves only the current file).
 //!
 //! The follower appends checkpoints `(step, time, offset)` to the job's cursor file: `time` is
-//! the exact timestamp of a line, `offset` the step's output bytes before it. One is written
-//! whenever the second of the lines' timestamps changes and every [`CHECKPOINT_BYTES`] of
-//! output, at a line whose timestamp differs from the line's before it. To resume after
+//! the exact timestamp of a line, `offset` the step's output bytes before it. At most one is
+//! written per chunk read, at the chunk's last line whose timestamp differs from the line's
+//! before it, when the second changed or [`CHECKPOINT_BYTES`] of output came since the last. To resume after
 //! `output_bytes`, the last checkpoint of the step with `offset ≤ output_bytes` gives the read:
 //! `sinceTime` its second (the API has second precision), lines stamped before its time dropped
 //! (they come before it), its line found again by its exact time, and `output_bytes - offset`
@@ -112,10 +112,10 @@ impl StampParser {
     }
 }
 
-/// Output bytes between two checkpoints within one second, well below the kubelet's rotation
-/// size (10 MiB), so that a burst that rotates the log still leaves a checkpoint in the current
-/// file.
-pub const CHECKPOINT_BYTES: u64 = 256 * 1024;
+/// Output bytes between two checkpoints within one second: small next to any rotation size, so
+/// that the last checkpoint before a consumed byte is still in the kubelet's current file after
+/// a rotation (unless the rotation fell within these few bytes).
+pub const CHECKPOINT_BYTES: u64 = 4 * 1024;
 
 /// One checkpoint of a step's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
