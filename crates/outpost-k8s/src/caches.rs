@@ -172,7 +172,11 @@ async fn create(
         "accessModes": [config.cache_access_mode],
         "resources": {"requests": {"storage": config.cache_size}},
     });
-    if let Some(class) = &config.cache_storage_class {
+    if let Some(class) = config
+        .cache_storage_class
+        .as_ref()
+        .or(config.storage_class.as_ref())
+    {
         spec["storageClassName"] = json!(class);
     }
     let shared_mode = config.cache_access_mode == "ReadWriteMany";

@@ -31,13 +31,14 @@ impl PullPolicy {
 
 /// Where a job's workspace lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum WorkspaceVolume {
     /// A generic ephemeral volume: a claim `<pod>-workspace` made from the pod's template and
     /// owned by the pod, so it goes with it (the default).
     #[default]
     Ephemeral,
     /// An `emptyDir` on the node (no storage class needed; bounded by the node's disk).
+    #[serde(alias = "empty-dir")]
     EmptyDir,
 }
 
@@ -67,14 +68,16 @@ pub struct KubeConfig {
     /// Pull policy of step and service images. Default: none (Kubernetes' own default:
     /// `Always` for `:latest` and untagged images, else `IfNotPresent`).
     pub image_pull_policy: Option<PullPolicy>,
-    /// `ephemeral` (default) or `empty-dir`.
-    pub workspace_volume: WorkspaceVolume,
-    /// Storage class of workspace claims. Default: none (the cluster's default class).
-    pub workspace_storage_class: Option<String>,
+    /// Where the workspace lives: `ephemeral` (default) or `empty_dir`.
+    pub workspace: WorkspaceVolume,
+    /// Storage class of workspace and cache claims. Default: none (the cluster's default
+    /// class).
+    pub storage_class: Option<String>,
     /// Size of workspace claims (and the `sizeLimit` of an `emptyDir` workspace). Default
     /// `1Gi`.
     pub workspace_size: String,
-    /// Storage class of cache claims. Default: none (the cluster's default class).
+    /// Storage class of cache claims when it differs from `storage_class` (e.g. one that
+    /// offers `ReadWriteMany`). Default: `storage_class`.
     pub cache_storage_class: Option<String>,
     /// Size of a new cache claim. Default `1Gi`.
     pub cache_size: String,
@@ -133,8 +136,8 @@ impl Default for KubeConfig {
             runner_step_path: "/usr/local/bin/outpost-step".to_owned(),
             runner_image_pull_policy: PullPolicy::IfNotPresent,
             image_pull_policy: None,
-            workspace_volume: WorkspaceVolume::Ephemeral,
-            workspace_storage_class: None,
+            workspace: WorkspaceVolume::Ephemeral,
+            storage_class: None,
             workspace_size: "1Gi".to_owned(),
             cache_storage_class: None,
             cache_size: "1Gi".to_owned(),
@@ -295,12 +298,30 @@ mod tests {
         );
     }
 
+    /// Every key the Helm chart can render into `[executor]`
+    /// (`outpost-runner.executorConfig` in deploy/helm/outpost-runner/templates/_helpers.tpl),
+    /// with the kind of value it renders, is a key of this section.
+    #[test]
+    fn the_charts_keys_are_this_sections() {
+        check(
+            r#"{"namespace": "ci", "workspace": "empty_dir", "workspace_size": "10Gi",
+                "storage_class": "fast", "cache_retention": "7days",
+                "unschedulable_timeout": "5m", "image_pull_grace": "2m",
+                "node_selector": {"pool": "ci"},
+                "tolerations": [{"key": "ci", "operator": "Exists"}],
+                "service_account": "builder", "image_pull_secrets": ["regcred"],
+                "cpu": "500m", "memory": "1Gi", "cpu_max": "2", "memory_max": "4Gi",
+                "pod_template_patch": {"spec": {"priorityClassName": "ci"}}}"#,
+            Ok(()),
+        );
+    }
+
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = KubeConfig::default();
         assert_eq!(c.runner_image, "outpost/runner-k8s:dev");
         assert_eq!(c.cancel_grace, Duration::from_secs(10));
         assert_eq!(c.cache_access_mode, "ReadWriteOnce");
-        assert_eq!(c.workspace_volume, WorkspaceVolume::Ephemeral);
+        assert_eq!(c.workspace, WorkspaceVolume::Ephemeral);
     }
 }

@@ -111,7 +111,7 @@ pub fn pod_value(
     }
 
     let mut volumes = vec![json!({"name": names::TOOLS_VOLUME, "emptyDir": {}})];
-    volumes.push(match config.workspace_volume {
+    volumes.push(match config.workspace {
         WorkspaceVolume::EmptyDir => json!({
             "name": names::WORKSPACE_VOLUME,
             "emptyDir": {"sizeLimit": config.workspace_size},
@@ -121,7 +121,7 @@ pub fn pod_value(
                 "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": config.workspace_size}},
             });
-            if let Some(class) = &config.workspace_storage_class {
+            if let Some(class) = &config.storage_class {
                 spec["storageClassName"] = json!(class);
             }
             json!({
@@ -733,7 +733,7 @@ mod tests {
             "cpu": "500m",
             "memory": "256Mi",
             "image_pull_policy": "Always",
-            "workspace_volume": "empty-dir",
+            "workspace": "empty_dir",
             "pod_template_patch": {"spec": {"priorityClassName": "ci", "enableServiceLinks": null}},
         }))
         .expect("a config");
