@@ -183,3 +183,76 @@ async fn k8s_runner_reports_an_unschedulable_pod_with_the_schedulers_message() {
 async fn finish(cluster: &Cluster, runner_id: &str) {
     cluster.assert_nothing_left(runner_id).await;
 }
+
+const WAITS: &str = r#"version: 1
+image: outpost-test/busybox:1
+steps:
+  - name: wait
+    run: |
+      echo "waiting"
+      while true; do sleep 0.2; done
+  - name: after
+    when: always
+    run: echo "not-run-3"
+"#;
+
+/// Runs [`WAITS`] and, once its step has said it waits, does `disrupt` to its pod; the job's
+/// details and log.
+async fn disrupted(
+    cluster: &Cluster,
+    disrupt: impl AsyncFnOnce(&outpost_kube_sim::KubeSim, &str),
+) -> Option<(JobDetails, String, String)> {
+    let Some(sim) = cluster.sim.as_ref() else {
+        println!("skipped: disrupting a pod needs the stand-in's node controls");
+        return None;
+    };
+    let hub = TestHub::start().await;
+    let org = hub.create_org(&unique("org")).await;
+    let runner = start_runner(&hub, &org, cluster, "", |b| b).await;
+    let job_id = hub.submit(&org, &inline_job(WAITS, &[])).await;
+    outpost_e2e::wait_log(&hub, &org, &job_id, "shows the step waiting", outpost_e2e::RUNNER_WAIT, |log| {
+        text(log).contains("waiting\n")
+    })
+    .await;
+    let pod = cluster.wait_pod(&job_id).await;
+    disrupt(sim, pod.metadata.name.as_deref().expect("a name")).await;
+    let job = wait_ended(&hub, &org, &job_id).await;
+    let log = text(&hub.log(&org, &job_id).await);
+    finish(cluster, &runner.id).await;
+    Some((job, log, runner.id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_runner_reports_an_evicted_pod_and_a_lost_node_as_infrastructure() {
+    let Some(cluster) = cluster_or_skip(|_| {}).await else {
+        return;
+    };
+    let evicted = disrupted(&cluster, async |sim, pod| {
+        sim.evict("default", pod).await.expect("evict the pod");
+    })
+    .await;
+    let Some((job, log, _)) = evicted else {
+        return;
+    };
+    assert_eq!(job.state, JobState::Failed, "{job:#?}\n{log}");
+    let failure = job.failure.clone().expect("a failure");
+    assert_eq!(failure.class, FailureClass::Infrastructure, "{job:#?}\n{log}");
+    assert!(failure.message.contains("evicted"), "{failure:?}");
+    assert_eq!(states(&job), [StepState::Failed, StepState::Skipped], "{job:#?}");
+    assert_events_in_log(&log, "evicted");
+    assert!(log.contains("Evicted"), "the eviction's event is not in the log:\n{log}");
+    assert!(!log.contains("not-run-"), "{log}");
+
+    let lost = disrupted(&cluster, async |sim, _pod| {
+        sim.lose_node().await.expect("lose the node");
+    })
+    .await;
+    let Some((job, log, _)) = lost else {
+        return;
+    };
+    assert_eq!(job.state, JobState::Failed, "{job:#?}\n{log}");
+    let failure = job.failure.clone().expect("a failure");
+    assert_eq!(failure.class, FailureClass::Infrastructure, "{job:#?}\n{log}");
+    assert_eq!(states(&job), [StepState::Failed, StepState::Skipped], "{job:#?}");
+    assert_events_in_log(&log, "node loss");
+}
