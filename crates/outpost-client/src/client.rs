@@ -36,8 +36,9 @@ use crate::retry::{Budget, retry_after};
 
 /// Largest JSON answer the client reads; more is a transport error, not a memory spike.
 const MAX_JSON_ANSWER: usize = 16 * 1024 * 1024;
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle pooled connection is kept: well within the hub's own `idle_timeout` (60 s
+/// by default), so the client drops a connection before the hub closes it under a request.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The outcome of [`HubClient::append_log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,10 +62,33 @@ pub struct HubConfig {
     /// then periodically.
     #[serde(with = "outpost_time::serde_duration")]
     pub job_retention: Duration,
+    /// How long a client may take to send a request's head (request line and headers): from
+    /// the connection's start for its first request, from the first byte for a later one. Past
+    /// it, the connection is closed.
+    #[serde(with = "outpost_time::serde_duration")]
+    pub header_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (keep-alive). A held
+    /// long-poll is a request in flight: its hold is the hub's own (`wait_s`, the heartbeat
+    /// hold), never cut by this.
+    #[serde(with = "outpost_time::serde_duration")]
+    pub idle_timeout: Duration,
+    /// How long a client may take to send a request's body; past it the answer is `408`.
+    #[serde(with = "outpost_time::serde_duration")]
+    pub body_timeout: Duration,
+    /// How long a client may take for its TLS handshake.
+    #[serde(with = "outpost_time::serde_duration")]
+    pub tls_handshake_timeout: Duration,
+    /// The most connections open at once; a connection beyond it is closed as soon as it is
+    /// accepted. `0`: 80 % of the process's open-files limit, read at start (the rest stays for
+    /// the database, log files and refusing connections).
+    pub max_connections: usize,
 }
 
 /// The default `job_retention`: 30 days.
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The share of the open-files limit that `max_connections = 0` allows, in percent.
+pub const AUTO_MAX_CONNECTIONS_PERCENT: u64 = 80;
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -84,6 +107,11 @@ impl Default for HubConfig {
             shutdown_grace_s: 5,
             log_format: LogFormat::Text,
             job_retention: DEFAULT_JOB_RETENTION,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 0,
         }
     }
 }
@@ -105,6 +133,11 @@ impl std::fmt::Debug for HubConfig {
             .field("shutdown_grace_s", &self.shutdown_grace_s)
             .field("log_format", &self.log_format)
             .field("job_retention", &self.job_retention)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("tls_handshake_timeout", &self.tls_handshake_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -170,6 +203,16 @@ impl HubConfig {
         }
         if self.max_pipeline_bytes == 0 {
             return Err(bad("max_pipeline_bytes", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("body_timeout", self.body_timeout),
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(bad(key, "must be more than 0"));
+            }
         }
         if self.database.as_os_str().is_empty() {
             return Err(bad("database", "must not be empty"));
@@ -297,6 +340,11 @@ mod tests {
         assert_eq!(config.max_json_body_bytes, 1 << 20);
         assert_eq!(config.max_pipeline_bytes, 256 << 10);
         assert_eq!(config.job_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.body_timeout, Duration::from_secs(60));
+        assert_eq!(config.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_connections, 0);
         assert_eq!(
             config.retention_sweep_interval(),
             Some(Duration::from_secs(3600))
@@ -330,6 +378,25 @@ mod tests {
         );
         let err = load(Some("job_retention = \"a month\"\n"), &[], &[]).expect_err("bad");
         assert!(err.to_string().contains("job_retention"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_come_from_file_and_environment() {
+        let config = load(
+            Some("idle_timeout = \"90s\"\nbody_timeout = 30\n"),
+            &[
+                ("OUTPOST_HUB_HEADER_TIMEOUT", "250ms"),
+                ("OUTPOST_HUB_TLS_HANDSHAKE_TIMEOUT", "5s"),
+                ("OUTPOST_HUB_MAX_CONNECTIONS", "100"),
+            ],
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(config.header_timeout, Duration::from_millis(250));
+        assert_eq!(config.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.tls_handshake_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_connections, 100);
     }
 
     #[test]
@@ -372,5 +439,20 @@ mod tests {
         check(Some("lease_ttl_s = 0\n"), &[], "lease_ttl_s");
         check(Some("tls_cert = \"a.pem\"\n"), &[], "tls_key");
         check(Some("log_format = \"xml\"\n"), &[], "log_format");
+        check(
+            None,
+            &[("OUTPOST_HUB_HEADER_TIMEOUT", "0")],
+            "header_timeout",
+        );
+        check(
+            None,
+            &[("OUTPOST_HUB_IDLE_TIMEOUT", "soon")],
+            "idle_timeout",
+        );
+        check(
+            None,
+            &[("OUTPOST_HUB_MAX_CONNECTIONS", "-1")],
+            "max_connections",
+        );
     }
 }

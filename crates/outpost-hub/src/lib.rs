@@ -215,14 +215,26 @@ impl Hub {
         let expiry = tokio::spawn(expire_leases(Arc::clone(&shared)));
         let retention = tokio::spawn(sweep_retention(Arc::clone(&shared)));
         let router = api::router(Arc::clone(&shared));
-        let grace = Duration::from_secs(config.shutdown_grace_s);
+        let limits = server::Limits::of(config);
+        tracing::info!(
+            max_connections = limits.max_connections,
+            open_files_limit = server::open_files_limit(),
+            header_timeout = ?limits.header_timeout,
+            idle_timeout = ?limits.idle_timeout,
+            body_timeout = ?config.body_timeout,
+            "connection limits"
+        );
         let served = server::run(
             listener,
-            self.tls.clone(),
-            router,
-            shutdown,
-            shared.stopping.clone(),
-            grace,
+            server::Serving {
+                tls: self.tls.clone(),
+                router,
+                limits,
+                metrics: shared.metrics.connections.clone(),
+                shutdown,
+                stopping: shared.stopping.clone(),
+                grace: Duration::from_secs(config.shutdown_grace_s),
+            },
         )
         .await;
         shared.stopping.cancel();

@@ -21,6 +21,28 @@ pub(crate) struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// What the accept loop and its connections count.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed at once because `max_connections` were open.
+    pub refused: Counter,
+    /// Connections the hub closed for a timeout, by which one.
+    pub timed_out: Family<ReasonLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub(crate) fn timed_out(&self, reason: &'static str) {
+        self.timed_out.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
 /// Every metric of the hub, registered once.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -34,6 +56,7 @@ pub(crate) struct Metrics {
     pub jobs_submitted: Counter,
     pub jobs_finished: Family<StateLabels, Counter>,
     pub pickup_latency: Histogram,
+    pub connections: ConnectionMetrics,
 }
 
 impl Metrics {
@@ -87,8 +110,25 @@ impl Metrics {
             "Seconds from a job entering the queue to a runner acquiring it",
             pickup_latency.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "connections",
+            "Client connections open",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as accepted, because max_connections were open",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections the hub closed for a timeout, by reason (header, idle, tls_handshake)",
+            connections.timed_out.clone(),
+        );
         Self {
             registry,
+            connections,
             http_requests,
             jobs,
             queue_depth,

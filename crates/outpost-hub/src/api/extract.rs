@@ -44,7 +44,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 ));
             }
         }
-        let bytes = read_body(req, state.config.max_json_body_bytes).await?;
+        let bytes = read_body(req, state.config.max_json_body_bytes, state).await?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
@@ -58,13 +58,15 @@ impl FromRequest<AppState> for LogBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        read_body(req, state.config.max_log_chunk_bytes)
+        read_body(req, state.config.max_log_chunk_bytes, state)
             .await
             .map(LogBody)
     }
 }
 
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a whole body of at most `limit` bytes, within `body_timeout` (a `408` past it, so a
+/// client trickling a body does not hold the request open).
+async fn read_body(req: Request, limit: usize, state: &AppState) -> Result<Bytes, ApiError> {
     let too_large = |what: String| {
         ApiError::too_large(format!(
             "request body {what} exceeds the limit of {limit} bytes"
@@ -80,7 +82,20 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
             return Err(too_large(format!("of {len} bytes")));
         }
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let timeout = state.config.body_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::with_status(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!(
+                    "the request body did not arrive within {}",
+                    outpost_time::format(timeout)
+                ),
+            )
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(String::new())),
         Err(e) => Err(ApiError::bad_request(format!(
