@@ -191,20 +191,7 @@ pub fn pod_value(
             c["imagePullPolicy"] = json!(policy.as_str());
         }
         if let Some((check, interval, timeout)) = service_ready(service) {
-            let period = interval.as_secs().max(1);
-            let failures = timeout.as_secs().div_ceil(period).max(1);
-            let mut probe = json!({
-                "periodSeconds": period,
-                "failureThreshold": failures,
-                "timeoutSeconds": period,
-            });
-            match check {
-                ReadyCheck::Command(cmd) => {
-                    probe["exec"] = json!({"command": ["sh", "-c", cmd]});
-                }
-                ReadyCheck::Tcp(port) => probe["tcpSocket"] = json!({"port": port}),
-            }
-            c["startupProbe"] = probe;
+            c["startupProbe"] = startup_probe(&check, interval, timeout);
         }
         aliases.push(names::dns_safe(&service.name));
         init.push(c);
@@ -400,6 +387,28 @@ fn service_ready(
     None
 }
 
+/// The startup probe of a service's readiness check: tried every `interval`, failed after
+/// `timeout` (the kubelet then restarts the sidecar; the runner's unschedulable and image
+/// limits do not apply, the job's deadline does).
+pub fn startup_probe(
+    check: &ReadyCheck,
+    interval: std::time::Duration,
+    timeout: std::time::Duration,
+) -> Value {
+    let period = interval.as_secs().max(1);
+    let failures = timeout.as_secs().div_ceil(period).max(1);
+    let mut probe = json!({
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": period,
+    });
+    match check {
+        ReadyCheck::Command(cmd) => probe["exec"] = json!({"command": ["sh", "-c", cmd]}),
+        ReadyCheck::Tcp(port) => probe["tcpSocket"] = json!({"port": port}),
+    }
+    probe
+}
+
 /// Requests and limits of a step: its request, else the runner's default, refused above the
 /// maxima. Requests equal limits, so a step gets what it asked for and no more.
 pub fn resources(config: &KubeConfig, req: &ResourceRequest) -> Result<Option<Value>, String> {
@@ -555,6 +564,13 @@ mod tests {
         let claims = vec!["outpost-cache-1".to_owned()];
         let raw = pod_value(&job, &KubeConfig::default(), &inputs(&names, &claims)).expect("a pod");
         assert_eq!(built(&job, &KubeConfig::default()), raw);
+        // So do the probes of readiness checks.
+        let mut with_probe = raw.clone();
+        let s = std::time::Duration::from_secs;
+        with_probe["spec"]["initContainers"][2]["startupProbe"] =
+            startup_probe(&ReadyCheck::Command("true".into()), s(1), s(3));
+        let typed: Pod = serde_json::from_value(with_probe.clone()).expect("a pod");
+        assert_eq!(serde_json::to_value(&typed).expect("json"), with_probe);
     }
 
     #[test]
@@ -771,6 +787,21 @@ mod tests {
         };
         let err = resources(&capped, &asks).expect_err("above the maximum");
         assert!(err.contains("at most 1"), "{err}");
+    }
+
+    #[test]
+    fn readiness_checks_are_startup_probes() {
+        let s = std::time::Duration::from_secs;
+        let probe = startup_probe(&ReadyCheck::Tcp(5432), s(2), s(60));
+        assert_eq!(
+            probe,
+            json!({"periodSeconds": 2, "failureThreshold": 30, "timeoutSeconds": 2,
+                   "tcpSocket": {"port": 5432}})
+        );
+        let probe = startup_probe(&ReadyCheck::Command("pg_isready".into()), s(0), s(5));
+        assert_eq!(probe["exec"]["command"], json!(["sh", "-c", "pg_isready"]));
+        assert_eq!(probe["periodSeconds"], json!(1));
+        assert_eq!(probe["failureThreshold"], json!(5));
     }
 
     #[test]
