@@ -139,7 +139,8 @@ async fn k8s_runner_reports_oom_image_pull_and_deadline_with_the_pods_events() {
         [StepState::TimedOut, StepState::Skipped],
         "{job:#?}"
     );
-    assert!(log.contains("starting\n"), "{log}");
+    // Whether the step got to print before the deadline depends on how fast the node started
+    // the pod: not asserted.
     assert_events_in_log(&log, "deadline");
 
     cluster.assert_nothing_left(&runner.id).await;
@@ -157,7 +158,8 @@ async fn k8s_runner_reports_an_unschedulable_pod_with_the_schedulers_message() {
         &hub,
         &org,
         &cluster,
-        "memory = \"64Ti\"\nunschedulable_timeout = \"1s\"",
+        // An emptyDir workspace: no claim that is not bound yet, so memory is the one reason.
+        "memory = \"64Ti\"\nunschedulable_timeout = \"1s\"\nworkspace = \"empty_dir\"",
         |b| b,
     )
     .await;
