@@ -5,7 +5,7 @@
 
 mod k8s_support;
 
-use k8s_support::{cluster_or_skip, start_runner};
+use k8s_support::{assert_within_role, cluster_or_skip, start_runner};
 use outpost_e2e::{inline_job, step_header, text, wait_ended};
 use outpost_protocol::{GitSource, JobState, Source, SubmitJobRequest};
 use outpost_testkit::{TestHub, random_secret, unique};
@@ -152,6 +152,9 @@ async fn k8s_runner_reaches_a_service_by_name_and_shares_a_cache_between_jobs() 
     let notes = ours[0].metadata.annotations.clone().unwrap_or_default();
     assert!(!notes.contains_key("outpost.dev/in-use-by"), "{notes:?}");
     assert!(notes.contains_key("outpost.dev/last-used"), "{notes:?}");
+    // Attach (the checkout), cache claims (list, create, patch), pods and their logs: all
+    // within the Role.
+    assert_within_role(&cluster, &token);
     let name = ours[0].metadata.name.clone().unwrap_or_default();
     let _ = cluster.claims().delete(&name, &Default::default()).await;
 }

@@ -61,6 +61,8 @@ pub(crate) struct JobRun<'a> {
     pods: Api<Pod>,
     /// The uid of the job's pod, once created or found.
     uid: Option<String>,
+    /// The shared watch's store has shown that pod.
+    seen: bool,
     /// Why the pod cannot run more steps: later steps are skipped.
     broken: Option<String>,
     /// A failure before the first step (the checkout could not be sent): that step's.
@@ -102,6 +104,7 @@ impl<'a> JobRun<'a> {
             events,
             cancel,
             uid: None,
+            seen: false,
             broken: None,
             setup_failure: None,
             deleted: false,
@@ -342,6 +345,7 @@ impl<'a> JobRun<'a> {
         match self.shared.watch.get(&self.names.pod) {
             Some(pod) => {
                 self.uid = pod.metadata.uid.clone();
+                self.seen = true;
                 self.expires_at = pod
                     .metadata
                     .labels
@@ -398,14 +402,16 @@ impl<'a> JobRun<'a> {
 
     /// Whether `pod` is this run's pod (a pod of the same name from another attempt is not).
     fn ours(&mut self, pod: &Pod) -> bool {
-        match (&self.uid, &pod.metadata.uid) {
+        let ours = match (&self.uid, &pod.metadata.uid) {
             (Some(a), Some(b)) => a == b,
             (None, Some(b)) => {
                 self.uid = Some(b.clone());
                 true
             }
             _ => false,
-        }
+        };
+        self.seen |= ours;
+        ours
     }
 
     /// Waits until `ready` answers for the job's pod, or something stops the pod (its end, an
@@ -432,7 +438,8 @@ impl<'a> JobRun<'a> {
                         return Ok(Wait::Stop(stop));
                     }
                 }
-                _ if self.uid.is_some() && self.confirmed_gone().await? => {
+                // Once the store showed the pod, its absence there is its deletion.
+                _ if self.uid.is_some() && (self.seen || self.confirmed_gone().await?) => {
                     return Ok(Wait::Stop(Stop::Broken(format!(
                         "the pod {} was deleted",
                         self.names.pod
@@ -675,8 +682,10 @@ impl<'a> JobRun<'a> {
                 .get(&self.names.pod)
                 .is_some_and(|p| uid.is_none() || p.metadata.uid.as_deref() == uid);
             if !present {
-                // The store may not have seen a pod that was made and deleted just now.
-                if asked {
+                // The store may not have seen a pod that was made and deleted just now; once
+                // it showed this one, its absence is its deletion.
+                let seen = self.seen && uid.is_some() && uid == self.uid.as_deref();
+                if asked || seen {
                     return Ok(());
                 }
                 asked = true;

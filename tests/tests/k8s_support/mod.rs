@@ -413,3 +413,41 @@ impl Drop for PodRecorder {
         self.task.abort();
     }
 }
+
+/// On the stand-in: every request it saw was within the chart's Role (role-rules.json), and
+/// none named `secret` in its path. Prints how many there were. A no-op on a real cluster.
+pub fn assert_within_role(cluster: &Cluster, secret: &str) {
+    let Some(sim) = cluster.sim.as_ref() else {
+        println!("verbs check skipped: it needs the stand-in's request log");
+        return;
+    };
+    let rules = role_rules();
+    let requests = sim.requests();
+    assert!(!requests.is_empty(), "the stand-in saw no request");
+    let mut outside = Vec::new();
+    for r in &requests {
+        if r.resource.is_empty() {
+            continue;
+        }
+        let resource = r.rbac_resource();
+        let allowed = rules
+            .get(&resource)
+            .is_some_and(|verbs| verbs.contains(&r.verb));
+        if !allowed {
+            outside.push(format!("{} {resource} ({} {})", r.verb, r.method, r.path));
+        }
+    }
+    assert!(outside.is_empty(), "requests outside the Role: {outside:#?}");
+    assert!(
+        !requests.iter().any(|r| r.path.contains(secret)),
+        "the secret is in a request path"
+    );
+    let mut used: Vec<String> = requests
+        .iter()
+        .filter(|r| !r.resource.is_empty())
+        .map(|r| format!("{} {}", r.verb, r.rbac_resource()))
+        .collect();
+    used.sort();
+    used.dedup();
+    println!("{} API requests; verbs used: {}", requests.len(), used.join(", "));
+}
