@@ -119,6 +119,7 @@ pub async fn pipeline(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     rows.push(row(
         "log pipeline (mask + spool + upload + hub store), loopback",
         &disk,
+        100.0,
         format!(
             "{} of build-log-like text (a secret every ~50 lines) written as one step's output in \
              64 KiB pieces through the runner's log writer (JobLog: masking 3 secrets in all \
@@ -140,6 +141,7 @@ pub async fn pipeline(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         rows.push(row(
             "log pipeline as above, database and spool on tmpfs",
             &tmpfs,
+            250.0,
             "the same run with the hub's data and the spool in /dev/shm: the difference to the \
              row above is what the disk costs (the hub's fsyncs and writeback)"
                 .to_owned(),
@@ -148,14 +150,15 @@ pub async fn pipeline(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn row(what: &str, run: &Run, method: String) -> Row {
+/// A row of the log pipeline; `target` in MiB/s (issue 12: ≥ 100 on disk, ≥ 250 on tmpfs).
+fn row(what: &str, run: &Run, target: f64, method: String) -> Row {
     let rate = run.rate();
     Row {
         bench: "logs",
         what: what.to_owned(),
         measured: format!("{rate:.0} MiB/s"),
-        target: "≥ 100 MiB/s".to_owned(),
-        verdict: Verdict::of(rate >= 100.0),
+        target: format!("≥ {target:.0} MiB/s"),
+        verdict: Verdict::of(rate >= target),
         notes: vec![
             method,
             format!(

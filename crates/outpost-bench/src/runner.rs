@@ -74,8 +74,8 @@ pub async fn first_step(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         bench: "first-step",
         what: "enqueue → first step's process started (process backend)".to_owned(),
         measured: format!("p50 {}, p99 {}", ms(p50), ms(s.quantile(0.99))),
-        target: "p50 ≤ 20 ms".to_owned(),
-        verdict: Verdict::of(p50 <= Duration::from_millis(20)),
+        target: "p50 ≤ 10 ms".to_owned(),
+        verdict: Verdict::of(p50 <= Duration::from_millis(10)),
         notes: vec![
             format!(
                 "{} jobs, one at a time, to an idle runner-process (concurrency 1) parked in \
