@@ -212,9 +212,14 @@ async fn disrupted(
     let org = hub.create_org(&unique("org")).await;
     let runner = start_runner(&hub, &org, cluster, "", |b| b).await;
     let job_id = hub.submit(&org, &inline_job(WAITS, &[])).await;
-    outpost_e2e::wait_log(&hub, &org, &job_id, "shows the step waiting", outpost_e2e::RUNNER_WAIT, |log| {
-        text(log).contains("waiting\n")
-    })
+    outpost_e2e::wait_log(
+        &hub,
+        &org,
+        &job_id,
+        "shows the step waiting",
+        outpost_e2e::RUNNER_WAIT,
+        |log| text(log).contains("waiting\n"),
+    )
     .await;
     let pod = cluster.wait_pod(&job_id).await;
     disrupt(sim, pod.metadata.name.as_deref().expect("a name")).await;
@@ -238,11 +243,22 @@ async fn k8s_runner_reports_an_evicted_pod_and_a_lost_node_as_infrastructure() {
     };
     assert_eq!(job.state, JobState::Failed, "{job:#?}\n{log}");
     let failure = job.failure.clone().expect("a failure");
-    assert_eq!(failure.class, FailureClass::Infrastructure, "{job:#?}\n{log}");
+    assert_eq!(
+        failure.class,
+        FailureClass::Infrastructure,
+        "{job:#?}\n{log}"
+    );
     assert!(failure.message.contains("evicted"), "{failure:?}");
-    assert_eq!(states(&job), [StepState::Failed, StepState::Skipped], "{job:#?}");
+    assert_eq!(
+        states(&job),
+        [StepState::Failed, StepState::Skipped],
+        "{job:#?}"
+    );
     assert_events_in_log(&log, "evicted");
-    assert!(log.contains("Evicted"), "the eviction's event is not in the log:\n{log}");
+    assert!(
+        log.contains("Evicted"),
+        "the eviction's event is not in the log:\n{log}"
+    );
     assert!(!log.contains("not-run-"), "{log}");
 
     let lost = disrupted(&cluster, async |sim, _pod| {
@@ -254,7 +270,15 @@ async fn k8s_runner_reports_an_evicted_pod_and_a_lost_node_as_infrastructure() {
     };
     assert_eq!(job.state, JobState::Failed, "{job:#?}\n{log}");
     let failure = job.failure.clone().expect("a failure");
-    assert_eq!(failure.class, FailureClass::Infrastructure, "{job:#?}\n{log}");
-    assert_eq!(states(&job), [StepState::Failed, StepState::Skipped], "{job:#?}");
+    assert_eq!(
+        failure.class,
+        FailureClass::Infrastructure,
+        "{job:#?}\n{log}"
+    );
+    assert_eq!(
+        states(&job),
+        [StepState::Failed, StepState::Skipped],
+        "{job:#?}"
+    );
     assert_events_in_log(&log, "node loss");
 }

@@ -78,7 +78,11 @@ async fn reattach(cluster: &Cluster, phase1: u64, total: u64, rotated: bool) {
             container: Some("step-0".to_owned()),
             ..Default::default()
         };
-        let kept = cluster.pods().logs(&pod_name, &lp).await.expect("the step's log");
+        let kept = cluster
+            .pods()
+            .logs(&pod_name, &lp)
+            .await
+            .expect("the step's log");
         assert!(
             !kept.starts_with("1\n2\n"),
             "the log did not rotate: it still starts at the first line"

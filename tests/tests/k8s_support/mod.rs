@@ -437,7 +437,10 @@ pub fn assert_within_role(cluster: &Cluster, secret: &str) {
             outside.push(format!("{} {resource} ({} {})", r.verb, r.method, r.path));
         }
     }
-    assert!(outside.is_empty(), "requests outside the Role: {outside:#?}");
+    assert!(
+        outside.is_empty(),
+        "requests outside the Role: {outside:#?}"
+    );
     assert!(
         !requests.iter().any(|r| r.path.contains(secret)),
         "the secret is in a request path"
@@ -449,5 +452,9 @@ pub fn assert_within_role(cluster: &Cluster, secret: &str) {
         .collect();
     used.sort();
     used.dedup();
-    println!("{} API requests; verbs used: {}", requests.len(), used.join(", "));
+    println!(
+        "{} API requests; verbs used: {}",
+        requests.len(),
+        used.join(", ")
+    );
 }
