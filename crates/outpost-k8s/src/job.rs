@@ -710,8 +710,12 @@ impl<'a> JobRun<'a> {
         if cancelled {
             self.cancel_pod().await?;
         } else {
-            // Every step has ended: only sidecars run, and nothing of theirs is kept.
-            self.delete_pod(0).await?;
+            // Every step has ended: only sidecars run, and nothing of theirs is kept. With
+            // caches, a graceful delete (1s): the pod is gone only once its containers are, so
+            // no process of this job still writes to a cache the next job mounts; without, the
+            // object goes at once.
+            let grace = if self.caches.is_empty() { 0 } else { 1 };
+            self.delete_pod(grace).await?;
         }
         let uid = self.uid.clone();
         self.wait_gone(uid.as_deref()).await?;
