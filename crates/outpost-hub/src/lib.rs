@@ -46,7 +46,7 @@ pub use crate::config::{ConfigSources, DEFAULT_JOB_RETENTION, ENV_PREFIX, HubCon
 pub use crate::error::HubError;
 pub use crate::secret::{ADMIN_KEY_PREFIX, ORG_KEY_PREFIX, RUNNER_TOKEN_PREFIX};
 use crate::store::Store;
-use crate::wait::Waitlist;
+use crate::wait::{Acquirers, Waitlist};
 
 /// Where the admin key in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,14 +119,15 @@ impl Hub {
             }
             AdminKeySource::File(path) => tracing::info!(path = %path.display(), "admin key read"),
         }
+        let metrics = metrics::Metrics::new();
         let shared = Arc::new(Shared {
             admin_key_hash: secret::hash(&admin_key),
             config,
             store: Arc::clone(&store),
-            acquire: Waitlist::new(),
+            acquire: Acquirers::new(metrics.acquire_wakeups.clone()),
             heartbeats: Waitlist::new(),
             followers: Waitlist::new(),
-            metrics: metrics::Metrics::new(),
+            metrics,
             stopping: CancellationToken::new(),
             revocations: tokio::sync::watch::channel(0).0,
         });
@@ -237,8 +238,8 @@ impl Hub {
             },
         )
         .await;
+        // Held long-polls answer on `stopping`.
         shared.stopping.cancel();
-        shared.acquire.wake_all();
         if let Err(e) = expiry.await {
             tracing::error!(error = %e, "lease expiry task failed");
         }

@@ -56,6 +56,7 @@ pub(crate) struct Metrics {
     pub jobs_submitted: Counter,
     pub jobs_finished: Family<StateLabels, Counter>,
     pub pickup_latency: Histogram,
+    pub acquire_wakeups: Counter,
     pub connections: ConnectionMetrics,
 }
 
@@ -110,6 +111,13 @@ impl Metrics {
             "Seconds from a job entering the queue to a runner acquiring it",
             pickup_latency.clone(),
         );
+        let acquire_wakeups = Counter::default();
+        registry.register(
+            "acquire_wakeups",
+            "Held acquire requests woken to claim a job (one per job entering the queue, and one \
+             more for each woken request that left without claiming)",
+            acquire_wakeups.clone(),
+        );
         let connections = ConnectionMetrics::default();
         registry.register(
             "connections",
@@ -139,6 +147,7 @@ impl Metrics {
             jobs_submitted,
             jobs_finished,
             pickup_latency,
+            acquire_wakeups,
         }
     }
 

@@ -315,6 +315,22 @@ impl TestHub {
         answer.body.to_vec()
     }
 
+    /// The value of one sample of the hub's `/metrics`, named with its labels exactly as the
+    /// hub prints them (`outpost_hub_acquire_waiting`); `None` when absent.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let answer = self.http().get(paths::METRICS).await;
+        self.check(answer.code() == 200, &format!("GET /metrics: {answer:?}"));
+        crate::metric_value(&answer.text(), sample)
+    }
+
+    /// Waits until the hub's metric `sample` is `value`; panics after `deadline`.
+    pub async fn wait_metric(&self, sample: &str, value: f64, deadline: Duration) {
+        crate::wait_until(&format!("{sample} is {value}"), deadline, || async {
+            self.metric(sample).await == Some(value)
+        })
+        .await;
+    }
+
     #[track_caller]
     fn check(&self, ok: bool, what: &str) {
         if !ok {

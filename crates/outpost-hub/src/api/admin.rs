@@ -190,7 +190,7 @@ pub(crate) async fn submit_job(
     state.store.submit_job(org.id, job).await?;
     state.metrics.jobs_submitted.inc();
     tracing::info!(org = %org.name, job = %job_id, "job submitted");
-    state.job_enqueued(org.id, &labels);
+    state.job_enqueued(org.id, &job_id, &labels);
     Ok((
         StatusCode::CREATED,
         Json(SubmitJobResponse {

@@ -23,16 +23,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HubConfig;
 use crate::error::ApiError;
 use crate::metrics::{HttpLabels, Metrics};
-use crate::store::{ExpiredLease, OrgId, SecretHash, Store, labels_match};
-use crate::wait::Waitlist;
+use crate::store::{ExpiredLease, OrgId, SecretHash, Store};
+use crate::wait::{Acquirers, Waitlist, Wake};
 
 /// Everything a handler reaches.
 pub(crate) struct Shared {
     pub config: HubConfig,
     pub store: Arc<dyn Store>,
     pub admin_key_hash: SecretHash,
-    /// Held acquires, by org, with the runner's labels.
-    pub acquire: Arc<Waitlist<OrgId, Vec<String>>>,
+    /// Held acquires, by org and label set.
+    pub acquire: Arc<Acquirers>,
     /// Held heartbeats, by runner id.
     pub heartbeats: Arc<Waitlist<String, ()>>,
     /// Log reads that follow a job, by job id.
@@ -47,10 +47,15 @@ pub(crate) struct Shared {
 pub(crate) type AppState = Arc<Shared>;
 
 impl Shared {
-    /// A job entered the queue: wake the held acquires of its org that could take it.
-    pub(crate) fn job_enqueued(&self, org: OrgId, labels: &[String]) {
-        self.acquire
-            .wake(&org, |runner_labels| labels_match(labels, runner_labels));
+    /// A job entered the queue: wake one held acquire of its org that can take it.
+    pub(crate) fn job_enqueued(&self, org: OrgId, job_id: &str, labels: &[String]) {
+        self.acquire.wake_one(
+            org,
+            Wake {
+                job_id: job_id.to_owned(),
+                labels: labels.to_vec(),
+            },
+        );
     }
 
     /// A runner token was revoked: every held acquire and heartbeat checks its token again
@@ -70,7 +75,7 @@ impl Shared {
         for lease in expired {
             if lease.new_state == JobState::Queued {
                 tracing::info!(job = %lease.job_id, "lease expired before the job started; requeued");
-                self.job_enqueued(lease.org, &lease.labels);
+                self.job_enqueued(lease.org, &lease.job_id, &lease.labels);
             } else {
                 tracing::warn!(job = %lease.job_id, state = %lease.new_state, "lease expired");
                 self.job_ended(&lease.job_id, lease.new_state);

@@ -123,7 +123,7 @@ pub(crate) async fn acquire(
     }
     let deadline = Instant::now() + Duration::from_secs(request.wait_s);
     // Registered before the first look at the queue, so an enqueue in between is not missed.
-    let waiter = state.acquire.register(org.id, runner.labels.clone());
+    let waiter = state.acquire.register(org.id, &runner.labels);
     let mut revoked = state.revocations.subscribe();
     let mut first = true;
     loop {
@@ -132,6 +132,8 @@ pub(crate) async fn acquire(
         if !std::mem::take(&mut first) {
             check_token(&state, token).await?;
         }
+        // Woken for a job before this claim (see `Acquirers`).
+        let woken = waiter.woken_for();
         let now = Timestamp::now();
         let lease = NewLease {
             lease_id: new_id("l_"),
@@ -141,30 +143,40 @@ pub(crate) async fn acquire(
                     .saturating_add(state.config.lease_ttl_ms() as i64),
             ),
         };
-        if let Some(claimed) = state.store.claim_job(org.id, runner.clone(), lease).await? {
-            drop(waiter);
-            let waited = now
-                .unix_millis()
-                .saturating_sub(claimed.enqueued_at.unix_millis());
-            state
-                .metrics
-                .pickup_latency
-                .observe(waited.max(0) as f64 / 1000.0);
-            tracing::debug!(
-                org = %org.name, runner = %runner.runner_id, job = %claimed.assignment.job_id,
-                "job assigned"
-            );
-            return Ok(Json(AcquireResponse {
-                job: claimed.assignment,
-            })
-            .into_response());
-        }
-        tokio::select! {
-            () = waiter.woken() => {}
-            Ok(()) = revoked.changed() => {}
-            () = tokio::time::sleep_until(deadline) => break,
-            () = state.stopping.cancelled() => break,
-        }
+        let Some(claimed) = state.store.claim_job(org.id, runner.clone(), lease).await? else {
+            if woken.is_some() {
+                // Someone else took the job: wait again, and look again first, as a new
+                // acquire does (a job queued while this one was out of the registry).
+                waiter.rearm();
+                continue;
+            }
+            tokio::select! {
+                () = waiter.woken() => {}
+                Ok(()) = revoked.changed() => {}
+                () = tokio::time::sleep_until(deadline) => break,
+                () = state.stopping.cancelled() => break,
+            }
+            continue;
+        };
+        // A wake-up for another job than the one claimed (that job may still be queued), or one
+        // that came during the claim, is handed on when the waiter is dropped.
+        waiter.spend(claimed.assignment.job_id.as_str());
+        drop(waiter);
+        let waited = now
+            .unix_millis()
+            .saturating_sub(claimed.enqueued_at.unix_millis());
+        state
+            .metrics
+            .pickup_latency
+            .observe(waited.max(0) as f64 / 1000.0);
+        tracing::debug!(
+            org = %org.name, runner = %runner.runner_id, job = %claimed.assignment.job_id,
+            "job assigned"
+        );
+        return Ok(Json(AcquireResponse {
+            job: claimed.assignment,
+        })
+        .into_response());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
