@@ -6,7 +6,8 @@
 //! miss its start: the resume goes by the cursor's timestamps.
 //!
 //! Between its two phases the step waits for a flag file inside its own container, which the
-//! test creates with `docker exec` on the stand-in's node: no timing decides anything.
+//! test creates (`docker exec` on the stand-in's node, `pods/exec` on a real cluster): no timing
+//! decides anything.
 
 mod k8s_support;
 
@@ -52,6 +53,36 @@ fn step_container(pod: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Creates `/tmp/go` in the step's container: with `docker exec` on the stand-in's node, with
+/// `pods/exec` (the test's own credentials, not the runner's Role) on a real cluster.
+async fn release(cluster: &Cluster, pod: &str) {
+    if cluster.sim.is_none() {
+        let ap = kube::api::AttachParams::default()
+            .container("step-0")
+            .stdin(false)
+            .stdout(false)
+            .stderr(true);
+        let process = cluster
+            .pods()
+            .exec(pod, ["touch", "/tmp/go"], &ap)
+            .await
+            .expect("exec in the step's container");
+        process.join().await.expect("the exec ends");
+        return;
+    }
+    let container = step_container(pod);
+    assert!(!container.is_empty(), "no step container for pod {pod}");
+    let out = std::process::Command::new("docker")
+        .args(["exec", &container, "touch", "/tmp/go"])
+        .output()
+        .expect("docker exec runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn reattach(cluster: &Cluster, phase1: u64, total: u64, rotated: bool) {
     let hub = TestHub::start().await;
     let org = hub.create_org(&unique("org")).await;
@@ -61,10 +92,24 @@ async fn reattach(cluster: &Cluster, phase1: u64, total: u64, rotated: bool) {
         .await;
 
     let phase1_log = format!("{}{}", step_header("produce", true), seq(1, phase1));
-    wait_log(&hub, &org, &job_id, "holds phase 1", RUNNER_WAIT, |log| {
-        log.len() >= phase1_log.len()
+    // Until it is all there, or its last line is (a gap then shows which lines are missing).
+    let got = wait_log(&hub, &org, &job_id, "holds phase 1", RUNNER_WAIT, |log| {
+        log.len() >= phase1_log.len() || log.ends_with(format!("\n{phase1}\n").as_bytes())
     })
     .await;
+    if got.len() != phase1_log.len() {
+        let got = text(&got);
+        let have: std::collections::HashSet<&str> = got.lines().collect();
+        let missing: Vec<String> = (1..=phase1)
+            .map(|i| i.to_string())
+            .filter(|l| !have.contains(l.as_str()))
+            .collect();
+        panic!(
+            "phase 1 reached the hub with {} lines missing, from {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
     assert_eq!(text(&hub.log(&org, &job_id).await), phase1_log);
     let before = hub.job(&org, &job_id).await;
     assert_eq!(before.state, JobState::Running, "{before:#?}");
@@ -101,20 +146,7 @@ async fn reattach(cluster: &Cluster, phase1: u64, total: u64, rotated: bool) {
     })
     .await;
     // Released only now: phase 2 is produced while the new process follows the log.
-    let container = step_container(&pod_name);
-    assert!(
-        !container.is_empty(),
-        "no step container for pod {pod_name}"
-    );
-    let out = std::process::Command::new("docker")
-        .args(["exec", &container, "touch", "/tmp/go"])
-        .output()
-        .expect("docker exec runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    release(cluster, &pod_name).await;
 
     let job = wait_ended(&hub, &org, &job_id).await;
     assert_eq!(job.state, JobState::Success, "{job:#?}");
@@ -161,10 +193,6 @@ async fn reattach(cluster: &Cluster, phase1: u64, total: u64, rotated: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_runner_killed_mid_step_reattaches_and_the_job_ends_as_if_nothing_happened() {
-    if !k8s_support::on_stand_in() {
-        println!("skipped: the test releases the step with docker exec on the stand-in's node");
-        return;
-    }
     let Some(cluster) = cluster_or_skip(|c| c.log_rotation_bytes = ROTATE).await else {
         return;
     };
@@ -173,14 +201,11 @@ async fn k8s_runner_killed_mid_step_reattaches_and_the_job_ends_as_if_nothing_ha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_runner_reattaches_byte_exact_after_the_log_rotated() {
-    if !k8s_support::on_stand_in() {
-        println!("skipped: the test needs the stand-in's rotation size and docker exec");
-        return;
-    }
     let Some(cluster) = cluster_or_skip(|c| c.log_rotation_bytes = ROTATE).await else {
         return;
     };
-    // seq 1 300000 is about 2 MB: the log rotated at least once before the runner was killed.
+    // seq 1 300000 is about 2 MB of output and, as CRI log records, about 13 MB: more than the
+    // stand-in's rotation size here, and than the kubelet's default (10 MiB) on a real cluster.
     let phase1 = 300_000;
     assert!(seq(1, phase1).len() as u64 > 2 * ROTATE - 200_000);
     reattach(&cluster, phase1, phase1 + 20_000, true).await;

@@ -229,6 +229,8 @@ struct Reader {
     /// The previous record was partial: the next one continues its line (no timestamp prefix).
     in_line: bool,
     done: bool,
+    /// The open file was read to its end once after the writer rotated it.
+    drained: bool,
 }
 
 impl Reader {
@@ -313,8 +315,15 @@ impl Reader {
                 (s.generation, s.finished)
             };
             if current != generation {
-                // The writer moved on; this file is complete. Files rotated away in between
-                // are lost, as with the kubelet.
+                // The writer moved on: the old file is complete now, but what it flushed into
+                // it just before the rotation may have come after the read above, so it is read
+                // to its end once more before the follower moves on. Files rotated away in
+                // between are lost, as with the kubelet.
+                if !self.drained {
+                    self.drained = true;
+                    continue;
+                }
+                self.drained = false;
                 self.file = None;
                 continue;
             }
@@ -368,6 +377,7 @@ pub(crate) async fn read(
         sent: 0,
         in_line: false,
         done: false,
+        drained: false,
     };
     let mut first: Option<Bytes> = None;
     if let Some(tail) = reader.q.tail_lines {
