@@ -158,3 +158,122 @@ async fn k8s_runner_reaches_a_service_by_name_and_shares_a_cache_between_jobs() 
     let name = ours[0].metadata.name.clone().unwrap_or_default();
     let _ = cluster.claims().delete(&name, &Default::default()).await;
 }
+
+/// A job that marks the cache and waits for `/tmp/go` in its container.
+fn holder(cache: &str) -> String {
+    format!(
+        r#"version: 1
+image: outpost-test/busybox:1
+caches:
+  - {{ name: {cache}, path: /cache }}
+steps:
+  - name: hold
+    run: |
+      echo first > /cache/who
+      echo "holding"
+      while [ ! -e /tmp/go ]; do sleep 0.05; done
+"#
+    )
+}
+
+/// What the cache holds when the job runs, if anything.
+fn peeker(cache: &str) -> String {
+    format!(
+        r#"version: 1
+image: outpost-test/busybox:1
+caches:
+  - {{ name: {cache}, path: /cache }}
+steps:
+  - name: peek
+    run: echo "sees $(cat /cache/who 2>/dev/null || echo nothing)"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_runner_gives_a_cache_claim_to_one_job_at_a_time() {
+    let Some(cluster) = cluster_or_skip(|_| {}).await else {
+        return;
+    };
+    if cluster.sim.is_none() {
+        println!("skipped: the test releases the step with docker exec on the stand-in's node");
+        return;
+    }
+    let hub = TestHub::start().await;
+    let org = hub.create_org(&unique("org")).await;
+    let runner = start_runner(&hub, &org, &cluster, "", |b| b.concurrency(2)).await;
+    let cache = format!("c{}", &random_secret()[..12].to_lowercase());
+
+    let first = hub.submit(&org, &inline_job(&holder(&cache), &[])).await;
+    outpost_e2e::wait_log(
+        &hub,
+        &org,
+        &first,
+        "shows the step holding the cache",
+        outpost_e2e::RUNNER_WAIT,
+        |log| text(log).contains("holding\n"),
+    )
+    .await;
+    // The claim is the first job's while it runs: the second gets a claim of its own.
+    let second = hub.submit(&org, &inline_job(&peeker(&cache), &[])).await;
+    let job = wait_ended(&hub, &org, &second).await;
+    let log = text(&hub.log(&org, &second).await);
+    assert_eq!(job.state, JobState::Success, "{job:#?}\n{log}");
+    assert_eq!(log, format!("{}sees nothing\n", step_header("peek", true)));
+
+    let pod = cluster.wait_pod(&first).await;
+    let pod = pod.metadata.name.unwrap_or_default();
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=outpost-kube-sim.pod={pod}"),
+            "--filter",
+            "label=outpost-kube-sim.container=step-0",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps runs");
+    let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let touched = std::process::Command::new("docker")
+        .args(["exec", &container, "touch", "/tmp/go"])
+        .output()
+        .expect("docker exec runs");
+    assert!(
+        touched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&touched.stderr)
+    );
+    let job = wait_ended(&hub, &org, &first).await;
+    assert_eq!(job.state, JobState::Success, "{job:#?}");
+    cluster.assert_nothing_left(&runner.id).await;
+
+    // Two claims of the cache, both free again; a third job takes one of them.
+    let selector = format!("outpost.dev/kind=cache,outpost.dev/cache-name={cache}");
+    let claims = cluster
+        .claims()
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .expect("list claims")
+        .items;
+    assert_eq!(claims.len(), 2, "{claims:#?}");
+    for c in &claims {
+        let notes = c.metadata.annotations.clone().unwrap_or_default();
+        assert!(!notes.contains_key("outpost.dev/in-use-by"), "{notes:?}");
+    }
+    let third = hub.submit(&org, &inline_job(&peeker(&cache), &[])).await;
+    let job = wait_ended(&hub, &org, &third).await;
+    assert_eq!(job.state, JobState::Success, "{job:#?}");
+    let after = cluster
+        .claims()
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .expect("list claims")
+        .items;
+    assert_eq!(after.len(), 2, "a third claim was made: {after:#?}");
+    for c in &after {
+        let name = c.metadata.name.clone().unwrap_or_default();
+        let _ = cluster.claims().delete(&name, &Default::default()).await;
+    }
+}
