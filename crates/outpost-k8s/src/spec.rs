@@ -815,20 +815,39 @@ mod tests {
     /// overrides), for `deploy/check.py` to validate with kubernetes-validate --strict.
     #[test]
     fn typical_pod_spec_is_written_for_the_schema_check() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        // A relative directory is the workspace's, as deploy/check.py reads it.
         let dir = std::env::var_os("OUTPOST_K8S_POD_SPECS")
-            .map(PathBuf::from)
+            .map(|d| root.join(d))
             .unwrap_or_else(|| {
                 let target = std::env::var_os("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| {
-                        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
-                    });
+                    .map(|d| root.join(d))
+                    .unwrap_or_else(|| root.join("target"));
                 target.join("k8s-pod-specs")
             });
         std::fs::create_dir_all(&dir).expect("create the pod spec directory");
         let pod = built(&typical_job(), &KubeConfig::default());
         let text = serde_json::to_string_pretty(&pod).expect("json");
         std::fs::write(dir.join("typical-job.json"), text).expect("write the pod spec");
+        // The runner's customisations, an emptyDir workspace and a service's startup probe.
+        let config: KubeConfig = serde_json::from_value(json!({
+            "node_selector": {"pool": "ci"},
+            "tolerations": [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}],
+            "service_account": "builder",
+            "image_pull_secrets": ["regcred"],
+            "cpu": "500m",
+            "memory": "256Mi",
+            "image_pull_policy": "Always",
+            "workspace": "empty_dir",
+            "pod_template_patch": {"spec": {"priorityClassName": "ci"}},
+        }))
+        .expect("a config");
+        let mut custom = built(&typical_job(), &config);
+        let s = std::time::Duration::from_secs;
+        custom["spec"]["initContainers"][2]["startupProbe"] =
+            startup_probe(&ReadyCheck::Tcp(5432), s(2), s(60));
+        let text = serde_json::to_string_pretty(&custom).expect("json");
+        std::fs::write(dir.join("customised-job.json"), text).expect("write the pod spec");
         let job = typical_job();
         let names = JobNames::new(job.job_id.as_str());
         let claims = vec!["c".to_owned()];
