@@ -460,7 +460,9 @@ impl Executor for KubeExecutor {
                 let Some(job) = name.strip_suffix(".cursor") else {
                     continue;
                 };
-                if live.is_live(job) {
+                // A hashed name (an id that is no plain file name) cannot be asked about; its
+                // job's end removes it.
+                if job.starts_with("h-") || live.is_live(job) {
                     continue;
                 }
                 if tokio::fs::remove_file(entry.path()).await.is_ok() {
