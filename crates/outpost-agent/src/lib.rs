@@ -89,7 +89,7 @@ impl AgentError {
     /// never a reason to exit: the runner retries (and says so) until it answers.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Client(e) if matches!(e, ClientError::Config { .. }) => EXIT_CONFIG,
+            Self::Client(ClientError::Config { .. }) => EXIT_CONFIG,
             Self::Backend {
                 source: ExecutorError::Config { .. },
                 ..
