@@ -1,5 +1,6 @@
 //! The hub's dispatch figures, with the bench itself playing the runner through `HubClient`:
-//! pickup latency, dispatch throughput, and the cost of many idle long-polling runners.
+//! pickup latency, dispatch throughput, the cost of many idle long-polling runners, and dispatch
+//! with many runners parked (the herd).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -424,4 +425,185 @@ async fn measure_idle(
         parked_start: m0.sum("outpost_hub_acquire_waiting", None) as u64,
         cpu_share: cpu1.saturating_sub(cpu0).as_secs_f64() / elapsed.as_secs_f64(),
     })
+}
+
+/// Row: the herd. Many registered runners, each parked in acquire and back in it as soon as it
+/// has completed a job; no-op jobs submitted as fast as 8 submitters can; the rate at which they
+/// are handed out and completed, and the hub's CPU time per job. Every job entering the queue
+/// wakes one parked acquire, so the cost of a job must not grow with the runners parked.
+pub async fn herd(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let wanted: usize = ctx.pick(2000, 200);
+    let jobs: usize = ctx.pick(4000, 400);
+    // Two sockets per parked runner (the bench's and the hub's), plus headroom.
+    let budget = usize::try_from(ctx.fd_limit.saturating_sub(512) / 2).unwrap_or(usize::MAX);
+    let n = wanted.min(budget);
+    if n < 10 {
+        bail!("the open-files limit ({}) is too low", ctx.fd_limit);
+    }
+    let hub = Hub::start(ctx, "herd").await?;
+    let clients: Vec<HubClient> = (0..8)
+        .map(|_| client(&hub.url, &hub.runner_token))
+        .collect::<anyhow::Result<_>>()?;
+
+    let ids = Arc::new(std::sync::Mutex::new(vec![RunnerId::new(""); n]));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut registrars = JoinSet::new();
+    for w in 0..32 {
+        let (client, ids, next) = (
+            clients[w % clients.len()].clone(),
+            Arc::clone(&ids),
+            Arc::clone(&next),
+        );
+        registrars.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let id = register(&client, &format!("bench-herd-{i:05}"), 1).await?;
+                ids.lock().unwrap_or_else(|p| p.into_inner())[i] = id;
+            }
+        });
+    }
+    while let Some(done) = registrars.join_next().await {
+        done.context("a registration task failed")??;
+    }
+    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|p| p.into_inner()));
+
+    // Every runner: acquire (held up to 30 s), complete what it got, acquire again.
+    let stop = CancellationToken::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let (finished_tx, mut finished) = tokio::sync::mpsc::channel::<Instant>(1);
+    let mut runners = JoinSet::new();
+    for (i, runner_id) in ids.into_iter().enumerate() {
+        let client = clients[i % clients.len()].clone();
+        let (stop, done, failed, finished) = (
+            stop.clone(),
+            Arc::clone(&done),
+            Arc::clone(&failed),
+            finished_tx.clone(),
+        );
+        runners.spawn(async move {
+            let request = AcquireRequest {
+                runner_id,
+                free_slots: 1,
+                wait_s: 30,
+            };
+            loop {
+                let got = tokio::select! {
+                    got = client.acquire(&request) => got,
+                    () = stop.cancelled() => return,
+                };
+                match got {
+                    Ok(Some(job)) => {
+                        if complete(&client, &job).await.is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if done.fetch_add(1, Ordering::Relaxed) + 1 == jobs {
+                            let _ = finished.try_send(Instant::now());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(finished_tx);
+    hub.wait_parked(n as u64, Duration::from_secs(120)).await?;
+    let m0 = hub.metrics().await?;
+    let rss_parked = rss_bytes(hub.pid())?;
+
+    // The clock runs from the first submit to the last completion.
+    let (t0, cpu0) = (Instant::now(), cpu_time(hub.pid())?);
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let mut submitters = JoinSet::new();
+    for _ in 0..8 {
+        let (admin, submitted) = (hub.admin.clone(), Arc::clone(&submitted));
+        let request = outpost_protocol::SubmitJobRequest {
+            pipeline: Some(NOOP_PIPELINE.to_owned()),
+            ..Default::default()
+        };
+        submitters.spawn(async move {
+            while submitted.fetch_add(1, Ordering::Relaxed) < jobs {
+                admin.submit_job(super::procs::ORG, &request).await?;
+            }
+            anyhow::Ok(Instant::now())
+        });
+    }
+    let mut submit_end = t0;
+    while let Some(end) = submitters.join_next().await {
+        submit_end = submit_end.max(end.context("a submitter failed")??);
+    }
+    let last = tokio::time::timeout(Duration::from_secs(300), finished.recv())
+        .await
+        .context("the jobs were not all dispatched within 300 s of the first submit")?
+        .context("the runners stopped before the last job")?;
+    let cpu1 = cpu_time(hub.pid())?;
+    let elapsed = last.duration_since(t0);
+    let m1 = hub.metrics().await?;
+    stop.cancel();
+    runners.abort_all();
+    while runners.join_next().await.is_some() {}
+    hub.stop().await?;
+
+    let rate = jobs as f64 / elapsed.as_secs_f64();
+    let cpu_per_job = cpu1.saturating_sub(cpu0) / u32::try_from(jobs).unwrap_or(u32::MAX);
+    let wakeups = m1.sum("outpost_hub_acquire_wakeups_total", None)
+        - m0.sum("outpost_hub_acquire_wakeups_total", None);
+    let claims = m1.sum("outpost_hub_http_requests_total", Some(ACQUIRE_ROUTE))
+        - m0.sum("outpost_hub_http_requests_total", Some(ACQUIRE_ROUTE));
+    let scaled = if n < 2000 {
+        format!(
+            "only {n} runners parked (asked for {wanted}; open-files limit {}); the targets are \
+             for 2,000",
+            ctx.fd_limit
+        )
+    } else {
+        format!("{n} runners parked, as in the target")
+    };
+    let setup = format!(
+        "{n} registered runners (capacity 1) each hold one acquire (wait_s 30) through 8 \
+         HubClients, complete what they get at once and acquire again; {jobs} no-op jobs \
+         submitted by 8 submitters from the first submit (submits done after {:.2} s) to the \
+         last completion, {:.2} s; hub RSS with all parked {}",
+        submit_end.duration_since(t0).as_secs_f64(),
+        elapsed.as_secs_f64(),
+        mib(rss_parked)
+    );
+    rows.push(Row {
+        bench: "herd",
+        what: format!("dispatch with {n} idle runners parked in acquire"),
+        measured: format!("{rate:.0} jobs/s"),
+        target: "≥ 1,000 jobs/s".to_owned(),
+        verdict: Verdict::of(rate >= 1000.0),
+        notes: vec![
+            scaled,
+            setup,
+            format!(
+                "wake-ups per job {:.2}, acquire answers per job {:.2} (a herd would wake all {n}); \
+                 client errors {}",
+                wakeups / jobs as f64,
+                claims / jobs as f64,
+                failed.load(Ordering::Relaxed)
+            ),
+        ],
+    });
+    rows.push(Row {
+        bench: "herd",
+        what: format!("hub CPU per job with {n} idle runners parked"),
+        measured: ms(cpu_per_job),
+        target: "≤ 1 ms".to_owned(),
+        verdict: Verdict::of(cpu_per_job <= Duration::from_millis(1)),
+        notes: vec![format!(
+            "utime + stime of the outpost-hub process over the same window, divided by {jobs} \
+             jobs (each: a submit, a wake-up, a claim, an acquire answer, a completion); the \
+             bench's load generators share the 2 cores"
+        )],
+    });
+    Ok(())
 }

@@ -12,6 +12,7 @@
 //! Adding a row: write an `async fn(&Ctx, &mut Vec<Row>) -> anyhow::Result<()>` that pushes one or
 //! more [`Row`]s, list it in [`BENCHES`] and dispatch it in [`measure`].
 
+mod connections;
 mod dispatch;
 mod docker;
 mod logs;
@@ -69,6 +70,14 @@ const BENCHES: &[Bench] = &[
         about: "hub RSS and request rate with many idle long-polling runners",
     },
     Bench {
+        name: "herd",
+        about: "dispatch rate and hub CPU per job with 2,000 idle runners parked in acquire",
+    },
+    Bench {
+        name: "connections",
+        about: "hub with 20,000 idle TCP connections: limit, /healthz, timeouts",
+    },
+    Bench {
         name: "docker",
         about: "docker step overhead vs a bare `docker run`; 5-step job wall time",
     },
@@ -83,6 +92,8 @@ async fn measure(name: &str, ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<(
         "logs" => logs::pipeline(ctx, rows).await,
         "runner-rss" => runner::idle_rss(ctx, rows).await,
         "idle-runners" => dispatch::idle_runners(ctx, rows).await,
+        "herd" => dispatch::herd(ctx, rows).await,
+        "connections" => connections::idle_connections(ctx, rows).await,
         "docker" => docker::overhead(ctx, rows).await,
         other => bail!("no measurement named `{other}`"),
     }

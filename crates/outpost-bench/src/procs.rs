@@ -132,6 +132,16 @@ impl Hub {
 
     /// Like [`Hub::start`], with the hub's directory (and database) under `base`.
     pub async fn start_in(ctx: &Ctx, base: &Path, name: &str) -> anyhow::Result<Hub> {
+        Hub::start_with(ctx, base, name, &[]).await
+    }
+
+    /// Like [`Hub::start_in`], with more `OUTPOST_HUB_*` settings for the hub process.
+    pub async fn start_with(
+        ctx: &Ctx,
+        base: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Hub> {
         let dir = ctx.dir_in(base, &format!("hub-{name}"))?;
         let admin_key = format!("opak_bench_{}", random_hex(16)?);
         let mut cmd = Command::new(ctx.bin_dir.join("outpost-hub"));
@@ -140,6 +150,7 @@ impl Hub {
             .arg(dir.join("hub.db"))
             .env("OUTPOST_HUB_ADMIN_KEY", &admin_key)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped());
         let mut proc = Proc::spawn("outpost-hub", cmd, &dir)?;
         let stdout = proc
@@ -189,6 +200,11 @@ impl Hub {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid
+    }
+
+    /// The address the hub listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// A client with the runner token.
@@ -277,6 +293,11 @@ impl Hub {
 pub struct Metrics(String);
 
 impl Metrics {
+    /// The text of a `/metrics` answer read some other way.
+    pub fn from_text(text: String) -> Metrics {
+        Metrics(text)
+    }
+
     /// The sum of every sample of metric `name` (exactly that name, any labels) whose line
     /// contains `filter`, e.g. `route="/api/v1/runner/acquire"`.
     pub fn sum(&self, name: &str, filter: Option<&str>) -> f64 {

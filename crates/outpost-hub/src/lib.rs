@@ -217,6 +217,11 @@ impl Hub {
         let retention = tokio::spawn(sweep_retention(Arc::clone(&shared)));
         let router = api::router(Arc::clone(&shared));
         let limits = server::Limits::of(config);
+        shared
+            .metrics
+            .connections
+            .limit
+            .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
         tracing::info!(
             max_connections = limits.max_connections,
             open_files_limit = server::open_files_limit(),

@@ -31,6 +31,8 @@ pub(crate) struct ReasonLabels {
 pub(crate) struct ConnectionMetrics {
     /// Connections open now.
     pub open: Gauge,
+    /// `max_connections` in force.
+    pub limit: Gauge,
     /// Connections closed at once because `max_connections` were open.
     pub refused: Counter,
     /// Connections the hub closed for a timeout, by which one.
@@ -123,6 +125,11 @@ impl Metrics {
             "connections",
             "Client connections open",
             connections.open.clone(),
+        );
+        registry.register(
+            "connections_limit",
+            "The most client connections open at once (max_connections, or its automatic value)",
+            connections.limit.clone(),
         );
         registry.register(
             "connections_refused",

@@ -7,7 +7,7 @@
 //! its store check and its `.await`, so no wake-up is lost. The registries' mutexes are std
 //! ones, never held across an `.await`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -116,27 +116,31 @@ impl<K: Eq + Hash + Clone, P> Drop for Waiter<K, P> {
     }
 }
 
-/// The held acquires, by organization and label set, oldest first within each set.
+/// The held acquires, by organization and label set, oldest first within each set, and the
+/// jobs they were woken for.
 ///
-/// A job entering the queue is a wake-up token for one acquire that can take it
-/// ([`Acquirers::wake_one`]): the oldest of the org's waiters whose labels include the job's
-/// leaves the registry with the token. What it does with the token keeps the invariant that no
-/// job stays queued while an acquire that can take it is held:
+/// A job entering the queue is a wake-up for one acquire that can take it
+/// ([`Acquirers::wake_one`]): the oldest of the org's registered waiters whose labels include the
+/// job's leaves the registry with it, and the job is **reserved** for that waiter: its claim asks
+/// for that very job, and every other claim skips reserved jobs, so a waiter that looks at the
+/// queue on its own never takes a job another was woken for (and no wake-up is wasted on a job
+/// that went elsewhere). After its claim ([`AcquireWaiter::after_claim`]):
 ///
-/// - it claims the token's job: the token is spent ([`AcquireWaiter::spend`]);
-/// - it claims another job (an older one it can also take, whose own token is elsewhere), or it
-///   claimed on its own first look while the token came: it keeps the token, and hands it on
-///   when dropped, since the token's job may still be queued;
-/// - its claim, made after it saw the token, finds nothing: no job it can take is queued, so not
-///   the token's job either; it drops the token and registers again
-///   ([`AcquireWaiter::rearm`], in its old place), then looks once more;
-/// - it leaves without claiming (its wait is up, the hub stops, the client went away, even in the
-///   middle of its claim): the token is still its, and is handed on when it is dropped.
+/// - woken, it took a job: done (its reserved job, or, if that one was gone, say cancelled, another
+///   one; the wake-up is used up either way);
+/// - woken, its claim found nothing: the reserved job is gone and no other job it can take is
+///   free; it registers again, in its old place, and looks once more (a job queued while it was
+///   out of the registry is free for it);
+/// - unwoken, it took a job on its own: done; a wake-up that came during the claim for another
+///   job is handed on when the waiter is dropped;
+/// - unwoken, its claim found nothing: it waits.
 ///
-/// The token stays in the waiter until spent or dropped, so no path loses it.
-///
-/// A job queued while no registered waiter can take it has no token: every acquire looks at
-/// the queue once after registering, so a later one finds it.
+/// A waiter that leaves holding a wake-up (its wait is up, the hub stops, the client went away,
+/// even in the middle of its claim) hands it on to the next registered waiter that can take the
+/// job; the reservation goes with it, or ends when there is none. A job with no reservation (none
+/// of the registered waiters could take it when it came) is free: every acquire looks at the
+/// queue after registering, and a woken one whose claim found nothing looks again, so one that
+/// can take it finds it. No job stays queued while a registered waiter that can take it waits.
 pub(crate) struct Acquirers {
     inner: Mutex<AcquireInner>,
     /// Counts every wake-up sent (`outpost_hub_acquire_wakeups_total`).
@@ -145,10 +149,12 @@ pub(crate) struct Acquirers {
 
 struct AcquireInner {
     next_id: u64,
-    /// Acquires held, registered or holding a token.
+    /// Acquires held, registered or holding a wake-up.
     held: usize,
     /// Registered waiters: by org, by label set (sorted, deduplicated), by id (oldest first).
     orgs: HashMap<i64, LabelSets>,
+    /// Jobs with a wake-up out, by org.
+    reserved: HashMap<i64, HashSet<String>>,
 }
 
 /// An org's registered waiters: by label set, then by id (oldest first).
@@ -174,6 +180,17 @@ impl Token {
     }
 }
 
+/// What a held acquire does after a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterClaim {
+    /// It took a job: answer with it.
+    Done,
+    /// Look at the queue again at once.
+    LookAgain,
+    /// Wait for a wake-up (or the end of the wait).
+    Wait,
+}
+
 impl Acquirers {
     /// A registry counting its wake-ups in `wakeups`.
     pub(crate) fn new(wakeups: Counter) -> Arc<Self> {
@@ -182,6 +199,7 @@ impl Acquirers {
                 next_id: 0,
                 held: 0,
                 orgs: HashMap::new(),
+                reserved: HashMap::new(),
             }),
             wakeups,
         })
@@ -201,13 +219,7 @@ impl Acquirers {
         let id = inner.next_id;
         inner.next_id += 1;
         inner.held += 1;
-        inner
-            .orgs
-            .entry(org)
-            .or_default()
-            .entry(labels.clone())
-            .or_default()
-            .insert(id, Arc::clone(&token));
+        inner.enlist(org, &labels, id, &token);
         AcquireWaiter {
             list: Arc::clone(self),
             org,
@@ -217,8 +229,8 @@ impl Acquirers {
         }
     }
 
-    /// A job of `org` entered the queue: wakes the oldest waiter that can take it. Answers
-    /// whether there was one.
+    /// A job of `org` entered the queue: wakes the oldest waiter that can take it and reserves
+    /// the job for it. Answers whether there was one.
     pub(crate) fn wake_one(&self, org: i64, wake: Wake) -> bool {
         let woken = self.lock().wake_one(org, wake);
         if woken {
@@ -234,30 +246,62 @@ impl Acquirers {
 }
 
 impl AcquireInner {
-    fn wake_one(&mut self, org: i64, wake: Wake) -> bool {
+    fn enlist(&mut self, org: i64, labels: &[String], id: u64, token: &Arc<Token>) {
+        self.orgs
+            .entry(org)
+            .or_default()
+            .entry(labels.to_vec())
+            .or_default()
+            .insert(id, Arc::clone(token));
+    }
+
+    /// Takes waiter `id` out of the registry; whether it was in it.
+    fn delist(&mut self, org: i64, labels: &[String], id: u64) -> bool {
         let Some(sets) = self.orgs.get_mut(&org) else {
+            return false;
+        };
+        let Some(waiters) = sets.get_mut(labels) else {
+            return false;
+        };
+        let found = waiters.remove(&id).is_some();
+        if waiters.is_empty() {
+            sets.remove(labels);
+            if sets.is_empty() {
+                self.orgs.remove(&org);
+            }
+        }
+        found
+    }
+
+    fn unreserve(&mut self, org: i64, job_id: &str) {
+        if let Some(jobs) = self.reserved.get_mut(&org) {
+            jobs.remove(job_id);
+            if jobs.is_empty() {
+                self.reserved.remove(&org);
+            }
+        }
+    }
+
+    fn wake_one(&mut self, org: i64, wake: Wake) -> bool {
+        let Some(sets) = self.orgs.get(&org) else {
             return false;
         };
         let oldest = sets
             .iter()
             .filter(|(labels, _)| crate::store::labels_match(&wake.labels, labels))
-            .filter_map(|(labels, waiters)| waiters.keys().next().map(|id| (*id, labels.clone())))
-            .min();
-        let Some((id, labels)) = oldest else {
+            .filter_map(|(labels, waiters)| {
+                let (id, token) = waiters.iter().next()?;
+                Some((*id, labels.clone(), Arc::clone(token)))
+            })
+            .min_by_key(|(id, _, _)| *id);
+        let Some((id, labels, token)) = oldest else {
             return false;
         };
-        let Some(waiters) = sets.get_mut(&labels) else {
-            return false;
-        };
-        let Some(token) = waiters.remove(&id) else {
-            return false;
-        };
-        if waiters.is_empty() {
-            sets.remove(&labels);
-            if sets.is_empty() {
-                self.orgs.remove(&org);
-            }
-        }
+        self.delist(org, &labels, id);
+        self.reserved
+            .entry(org)
+            .or_default()
+            .insert(wake.job_id.clone());
         *token.lock() = Some(wake);
         token.notify.notify_one();
         true
@@ -279,33 +323,48 @@ impl AcquireWaiter {
         self.token.notify.notified().await;
     }
 
-    /// The job this waiter was woken for, if it was (it has left the registry then). The
-    /// wake-up stays with the waiter.
+    /// The job this waiter was woken for, if it was (it has left the registry then): the job
+    /// its claim asks for. The wake-up stays with the waiter until [`AcquireWaiter::after_claim`].
     pub(crate) fn woken_for(&self) -> Option<String> {
         self.token.lock().as_ref().map(|wake| wake.job_id.clone())
     }
 
-    /// The waiter claimed `job_id`: a wake-up for that job is spent. One for another job stays,
-    /// to be handed on when the waiter is dropped.
-    pub(crate) fn spend(&self, job_id: &str) {
-        let mut token = self.token.lock();
-        if token.as_ref().is_some_and(|wake| wake.job_id == job_id) {
-            *token = None;
-        }
+    /// The jobs of the org reserved for woken waiters: a claim other than for its own wake-up
+    /// skips them.
+    pub(crate) fn reserved(&self) -> Vec<String> {
+        self.list
+            .lock()
+            .reserved
+            .get(&self.org)
+            .map(|jobs| jobs.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
-    /// The waiter's claim, made after it was woken, found nothing: it drops the wake-up and
-    /// registers again, in its old place.
-    pub(crate) fn rearm(&self) {
-        *self.token.lock() = None;
+    /// After a claim that was made woken for `woken` (from [`AcquireWaiter::woken_for`] before
+    /// it) and took `claimed`: what to do next (see [`Acquirers`]).
+    pub(crate) fn after_claim(&self, woken: Option<&str>, claimed: Option<&str>) -> AfterClaim {
         let mut inner = self.list.lock();
-        inner
-            .orgs
-            .entry(self.org)
-            .or_default()
-            .entry(self.labels.clone())
-            .or_default()
-            .insert(self.id, Arc::clone(&self.token));
+        let mut token = self.token.lock();
+        if let Some(woken) = woken {
+            // Out of the registry since the wake-up, so no other came: it is used up.
+            *token = None;
+            inner.unreserve(self.org, woken);
+            if claimed.is_some() {
+                return AfterClaim::Done;
+            }
+            inner.enlist(self.org, &self.labels, self.id, &self.token);
+            return AfterClaim::LookAgain;
+        }
+        let Some(claimed) = claimed else {
+            // A wake-up that came during the claim wakes the wait at once.
+            return AfterClaim::Wait;
+        };
+        if token.as_ref().is_some_and(|wake| wake.job_id == claimed) {
+            // Woken for the very job it took on its own meanwhile.
+            *token = None;
+            inner.unreserve(self.org, claimed);
+        }
+        AfterClaim::Done
     }
 }
 
@@ -313,29 +372,19 @@ impl Drop for AcquireWaiter {
     fn drop(&mut self) {
         let mut inner = self.list.lock();
         inner.held -= 1;
-        let registered = inner
-            .orgs
-            .get_mut(&self.org)
-            .and_then(|sets| sets.get_mut(&self.labels))
-            .is_some_and(|waiters| waiters.remove(&self.id).is_some());
-        if registered {
-            let sets = inner.orgs.get_mut(&self.org);
-            if let Some(sets) = sets {
-                if sets.get(&self.labels).is_some_and(BTreeMap::is_empty) {
-                    sets.remove(&self.labels);
-                }
-                if sets.is_empty() {
-                    inner.orgs.remove(&self.org);
-                }
-            }
+        if inner.delist(self.org, &self.labels, self.id) {
             return;
         }
-        // Woken: a wake-up not spent on a claim goes to the next waiter that can use it.
-        let unspent = self.token.lock().take();
-        if let Some(wake) = unspent
-            && inner.wake_one(self.org, wake)
-        {
-            self.list.wakeups.inc();
+        // Woken: a wake-up it did not use goes to the next waiter that can, with the job's
+        // reservation; with none left, the job is free for the next acquire's look.
+        let unused = self.token.lock().take();
+        if let Some(wake) = unused {
+            let job_id = wake.job_id.clone();
+            if inner.wake_one(self.org, wake) {
+                self.list.wakeups.inc();
+            } else {
+                inner.unreserve(self.org, &job_id);
+            }
         }
     }
 }
@@ -406,12 +455,15 @@ mod tests {
         assert!(list.wake_one(1, job("j1", &["gpu"])));
         assert!(!pending(&gpu), "the one waiter with the label");
         assert_eq!(gpu.woken_for().as_deref(), Some("j1"));
-        gpu.spend("j1");
+        assert_eq!(plain.reserved(), ["j1"], "reserved for the gpu waiter");
+        assert!(other_org.reserved().is_empty(), "reservations are per org");
         assert!(pending(&plain) && pending(&other_org) && pending(&younger));
         assert!(
             !list.wake_one(1, job("j2", &["gpu"])),
             "the gpu waiter left the registry"
         );
+        assert_eq!(gpu.after_claim(Some("j1"), Some("j1")), AfterClaim::Done);
+        assert!(plain.reserved().is_empty());
 
         assert!(list.wake_one(1, job("j3", &[])));
         assert!(!pending(&plain), "the oldest of those that can take it");
@@ -422,29 +474,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wake_up_not_spent_on_a_claim_is_handed_on() {
+    async fn a_wake_up_left_unused_is_handed_on_with_its_reservation() {
         let list = Acquirers::new(Counter::default());
         let first = list.register(1, &labels(&[]));
         let second = list.register(1, &labels(&[]));
         assert!(list.wake_one(1, job("j1", &[])));
-        // `first` leaves with its wake-up unspent (its wait ran out as the job came).
+        // `first` leaves with the wake-up unused (its wait ran out as the job came).
         drop(first);
         assert!(!pending(&second), "the wake-up went on to the next waiter");
         assert_eq!(second.woken_for().as_deref(), Some("j1"));
-        second.spend("j1");
+        assert_eq!(second.reserved(), ["j1"]);
+        // `second` goes too, mid-claim: nobody is left, the job is free.
         drop(second);
         assert_eq!(list.len(), 0);
-        assert!(!list.wake_one(1, job("j2", &[])), "nobody is left");
+        let late = list.register(1, &labels(&[]));
+        assert!(
+            late.reserved().is_empty(),
+            "free for the next acquire's own look"
+        );
     }
 
     #[tokio::test]
-    async fn a_waiter_whose_claim_found_nothing_waits_again_in_its_place() {
+    async fn a_woken_waiter_whose_claim_found_nothing_looks_again_from_its_place() {
         let list = Acquirers::new(Counter::default());
         let old = list.register(1, &labels(&[]));
         let young = list.register(1, &labels(&[]));
         assert!(list.wake_one(1, job("j1", &[])));
-        assert!(old.woken_for().is_some());
-        old.rearm();
+        // j1 was cancelled before the claim.
+        assert_eq!(old.after_claim(Some("j1"), None), AfterClaim::LookAgain);
+        assert!(old.reserved().is_empty());
         assert!(list.wake_one(1, job("j2", &[])));
         assert_eq!(
             old.woken_for().as_deref(),
@@ -452,43 +510,43 @@ mod tests {
             "back in its place: still the oldest"
         );
         assert!(young.woken_for().is_none());
-        // Spent (it claimed that job): dropping hands nothing on.
-        old.spend("j2");
-        drop(old);
-        assert!(pending(&young));
     }
 
-    /// The case a "spent on any claim" rule gets wrong: `w` is woken for `j` but claims the
-    /// older `jx` (its labels take both), whose own token went to `v`, which cannot take `j`.
-    /// `w` hands `j`'s token on to `u`, parked and able to take it.
     #[tokio::test]
-    async fn a_wake_up_for_one_job_spent_on_another_is_handed_on() {
+    async fn a_wake_up_that_came_during_a_claim_of_another_job_is_handed_on() {
         let list = Acquirers::new(Counter::default());
-        let v = list.register(1, &labels(&["a"]));
-        let w = list.register(1, &labels(&["a", "b"]));
-        let u = list.register(1, &labels(&["a", "b"]));
-        assert!(list.wake_one(1, job("jx", &["a"])));
-        assert!(list.wake_one(1, job("j", &["b"])));
-        assert_eq!(v.woken_for().as_deref(), Some("jx"));
-        assert_eq!(w.woken_for().as_deref(), Some("j"));
-        assert!(pending(&u));
-        // w's claim took jx: not its token's job, which it hands on.
-        w.spend("jx");
-        drop(w);
-        assert_eq!(u.woken_for().as_deref(), Some("j"));
+        let looking = list.register(1, &labels(&[]));
+        let parked = list.register(1, &labels(&[]));
+        // `looking` claims j0 on its own look while j1 comes and wakes it.
+        assert!(list.wake_one(1, job("j1", &[])));
+        assert_eq!(looking.after_claim(None, Some("j0")), AfterClaim::Done);
+        drop(looking);
+        assert_eq!(parked.woken_for().as_deref(), Some("j1"));
+        assert_eq!(parked.reserved(), ["j1"]);
+        // And one that came for the very job it took is used up.
+        let taker = list.register(1, &labels(&[]));
+        assert!(list.wake_one(1, job("j2", &[])));
+        assert_eq!(taker.after_claim(None, Some("j2")), AfterClaim::Done);
+        drop(taker);
+        assert_eq!(parked.reserved(), ["j1"]);
     }
 
-    /// The acquire handler's steps against a model queue, interleaved at random with enqueues
-    /// and departures: whenever every wake-up has been acted on, no registered waiter is parked
-    /// while a job it can take is queued.
+    /// The acquire handler's steps against a model queue and store claim, interleaved at random
+    /// with enqueues and departures (also in the middle of a claim): whenever every wake-up has
+    /// been acted on, no registered waiter is parked while a job it can take is queued.
     #[test]
     fn no_job_waits_while_a_waiter_that_can_take_it_is_parked() {
         use rand::{Rng, SeedableRng};
 
         #[derive(PartialEq)]
         enum Step {
+            /// About to read its wake-up and the reservations.
             Look,
-            Claim(Option<String>),
+            /// Claiming with what it read.
+            Claim {
+                woken: Option<String>,
+                reserved: Vec<String>,
+            },
             Parked,
         }
         struct Sim {
@@ -496,23 +554,56 @@ mod tests {
             labels: Vec<String>,
             step: Step,
         }
+        type Queue = Vec<(String, Vec<String>)>;
+        // The store's claim: the job woken for if it is still queued, else the oldest queued
+        // job the labels take that is not reserved.
+        fn claim(
+            queue: &mut Queue,
+            labels: &[String],
+            woken: &Option<String>,
+            reserved: &[String],
+        ) -> Option<String> {
+            let at = queue
+                .iter()
+                .position(|(id, _)| Some(id) == woken.as_ref())
+                .or_else(|| {
+                    queue.iter().position(|(id, job)| {
+                        crate::store::labels_match(job, labels) && !reserved.contains(id)
+                    })
+                })?;
+            Some(queue.remove(at).0)
+        }
+        /// One step of `sims[at]` (it leaves the list when it is done).
+        fn step(sims: &mut Vec<Sim>, at: usize, queue: &mut Queue) {
+            let sim = &mut sims[at];
+            match std::mem::replace(&mut sim.step, Step::Parked) {
+                Step::Look => {
+                    sim.step = Step::Claim {
+                        woken: sim.waiter.woken_for(),
+                        reserved: sim.waiter.reserved(),
+                    }
+                }
+                Step::Claim { woken, reserved } => {
+                    let claimed = claim(queue, &sim.labels, &woken, &reserved);
+                    match sim.waiter.after_claim(woken.as_deref(), claimed.as_deref()) {
+                        AfterClaim::Done => drop(sims.swap_remove(at)),
+                        AfterClaim::LookAgain => sim.step = Step::Look,
+                        AfterClaim::Wait => sim.step = Step::Parked,
+                    }
+                }
+                Step::Parked if !pending(&sim.waiter) => sim.step = Step::Look,
+                Step::Parked => {}
+            }
+        }
         let sets: [&[&str]; 4] = [&[], &["a"], &["b"], &["a", "b"]];
-        for seed in 0..2000 {
+        for seed in 0..3000 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let list = Acquirers::new(Counter::default());
-            let mut queue: Vec<(String, Vec<String>)> = Vec::new();
+            let mut queue: Queue = Vec::new();
             let mut sims: Vec<Sim> = Vec::new();
             let mut next_job = 0;
-            // The store's claim: the oldest queued job the labels take.
-            let claim = |queue: &mut Vec<(String, Vec<String>)>, labels: &[String]| {
-                let at = queue
-                    .iter()
-                    .position(|(_, job)| crate::store::labels_match(job, labels))?;
-                Some(queue.remove(at).0)
-            };
             // The waiters come first; then only jobs (fewer than waiters, so that some stay
-            // parked to check), and no fresh acquire's first look rescues a job that a lost
-            // wake-up left queued.
+            // parked to check), and no fresh acquire's look rescues a job a lost wake-up left.
             for _ in 0..8 {
                 let l = labels(sets[rng.random_range(0..sets.len())]);
                 sims.push(Sim {
@@ -543,53 +634,26 @@ mod tests {
                     }
                     _ if !sims.is_empty() => {
                         let at = rng.random_range(0..sims.len());
-                        let sim = &mut sims[at];
-                        match std::mem::replace(&mut sim.step, Step::Parked) {
-                            Step::Look => sim.step = Step::Claim(sim.waiter.woken_for()),
-                            Step::Claim(woken) => match claim(&mut queue, &sim.labels) {
-                                Some(job) => {
-                                    sim.waiter.spend(&job);
-                                    drop(sims.swap_remove(at));
-                                }
-                                None if woken.is_some() => {
-                                    sim.waiter.rearm();
-                                    sim.step = Step::Look;
-                                }
-                                None => sim.step = Step::Parked,
-                            },
-                            Step::Parked if !pending(&sim.waiter) => sim.step = Step::Look,
-                            Step::Parked => {}
-                        }
+                        step(&mut sims, at, &mut queue);
                     }
                     _ => {}
                 }
             }
-            // Let every woken or looking waiter finish what it does.
+            // Let every woken or looking waiter finish what it does, in any order.
             loop {
                 let busy: Vec<usize> = (0..sims.len())
                     .filter(|&i| {
-                        sims[i].step != Step::Parked || sims[i].waiter.token.lock().is_some()
+                        sims[i].step != Step::Parked || sims[i].waiter.woken_for().is_some()
                     })
                     .collect();
                 if busy.is_empty() {
                     break;
                 }
                 let at = busy[rng.random_range(0..busy.len())];
-                let sim = &mut sims[at];
-                match std::mem::replace(&mut sim.step, Step::Parked) {
-                    Step::Parked | Step::Look => sim.step = Step::Claim(sim.waiter.woken_for()),
-                    Step::Claim(woken) => match claim(&mut queue, &sim.labels) {
-                        Some(job) => {
-                            sim.waiter.spend(&job);
-                            drop(sims.swap_remove(at));
-                        }
-                        None if woken.is_some() => {
-                            sim.waiter.rearm();
-                            sim.step = Step::Look;
-                        }
-                        None => sim.step = Step::Parked,
-                    },
+                if sims[at].step == Step::Parked {
+                    sims[at].step = Step::Look;
                 }
+                step(&mut sims, at, &mut queue);
             }
             for sim in &sims {
                 let stuck = queue

@@ -21,6 +21,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, LogBody, RunnerAuth};
 use crate::error::ApiError;
 use crate::secret::new_id;
 use crate::store::{HeartbeatOutcome, NewLease, Org, SecretHash};
+use crate::wait::AfterClaim;
 
 fn check_wait(state: &AppState, wait_s: u64) -> Result<(), ApiError> {
     let max = state.config.max_wait_s;
@@ -132,8 +133,10 @@ pub(crate) async fn acquire(
         if !std::mem::take(&mut first) {
             check_token(&state, token).await?;
         }
-        // Woken for a job before this claim (see `Acquirers`).
+        // Woken for a job: the claim asks for it; either way it skips jobs reserved for
+        // others (see `Acquirers`).
         let woken = waiter.woken_for();
+        let reserved = waiter.reserved();
         let now = Timestamp::now();
         let lease = NewLease {
             lease_id: new_id("l_"),
@@ -143,24 +146,26 @@ pub(crate) async fn acquire(
                     .saturating_add(state.config.lease_ttl_ms() as i64),
             ),
         };
-        let Some(claimed) = state.store.claim_job(org.id, runner.clone(), lease).await? else {
-            if woken.is_some() {
-                // Someone else took the job: wait again, and look again first, as a new
-                // acquire does (a job queued while this one was out of the registry).
-                waiter.rearm();
+        let claim = state
+            .store
+            .claim_job(org.id, runner.clone(), lease, woken.clone(), reserved)
+            .await?;
+        let claimed_id = claim.as_ref().map(|c| c.assignment.job_id.as_str());
+        let next = waiter.after_claim(woken.as_deref(), claimed_id);
+        let claimed = match (next, claim) {
+            (AfterClaim::Done, Some(claimed)) => claimed,
+            (AfterClaim::LookAgain, _) => continue,
+            (AfterClaim::Wait | AfterClaim::Done, _) => {
+                tokio::select! {
+                    () = waiter.woken() => {}
+                    Ok(()) = revoked.changed() => {}
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = state.stopping.cancelled() => break,
+                }
                 continue;
             }
-            tokio::select! {
-                () = waiter.woken() => {}
-                Ok(()) = revoked.changed() => {}
-                () = tokio::time::sleep_until(deadline) => break,
-                () = state.stopping.cancelled() => break,
-            }
-            continue;
         };
-        // A wake-up for another job than the one claimed (that job may still be queued), or one
-        // that came during the claim, is handed on when the waiter is dropped.
-        waiter.spend(claimed.assignment.job_id.as_str());
+        // A wake-up for another job that came during the claim is handed on here.
         drop(waiter);
         let waited = now
             .unix_millis()

@@ -256,12 +256,16 @@ pub trait Store: Send + Sync + 'static {
     // ----- jobs -----
 
     async fn submit_job(&self, org: OrgId, job: NewJob) -> Result<(), StoreError>;
-    /// Assigns the oldest queued job of the org whose labels the runner has, if any.
+    /// Assigns job `prefer` (the one a held acquire was woken for) if it is still queued and
+    /// the runner has its labels; else the oldest queued job of the org whose labels the runner
+    /// has and that is not in `skip` (jobs reserved for other acquires), if any.
     async fn claim_job(
         &self,
         org: OrgId,
         runner: RunnerRecord,
         lease: NewLease,
+        prefer: Option<String>,
+        skip: Vec<String>,
     ) -> Result<Option<Claimed>, StoreError>;
     /// Renews the runner's leases that are still valid and reports on each.
     async fn heartbeat(

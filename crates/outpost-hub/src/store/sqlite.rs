@@ -887,11 +887,68 @@ impl Store for SqliteStore {
         org: OrgId,
         runner: RunnerRecord,
         lease: NewLease,
+        prefer: Option<String>,
+        skip: Vec<String>,
     ) -> Result<Option<Claimed>, StoreError> {
         self.write("claim job", move |tx| {
             let labels = to_json(&runner.labels)?;
-            // One conditional UPDATE picks the oldest queued job of the org whose labels are all
-            // among the runner's, and assigns it; `state = 'queued'` makes the claim exclusive.
+            let skip = to_json(&skip)?;
+            let (expires_at, now) = (lease.expires_at.unix_millis(), lease.now.unix_millis());
+            let params = params![
+                org,
+                labels,
+                runner.runner_id,
+                lease.lease_id,
+                expires_at,
+                now,
+                skip
+            ];
+            let row = |r: &Row<'_>| {
+                Ok(Claimed {
+                    assignment: JobAssignment {
+                        job_id: r.get::<_, String>(0)?.into(),
+                        lease_id: lease.lease_id.as_str().into(),
+                        lease_expires_at: lease.expires_at,
+                        spec: spec(r, 1, 2)?,
+                        labels: from_json(r, 3)?,
+                        variables: from_json(r, 4)?,
+                        created_at: ts(r, 5)?,
+                    },
+                    enqueued_at: ts(r, 6)?,
+                })
+            };
+            // The job the acquire was woken for, if it is still queued (one lookup by id);
+            // else, or unwoken, one conditional UPDATE picks the oldest queued job of the org
+            // whose labels are all among the runner's and that is not reserved for another
+            // acquire. `state = 'queued'` makes either claim exclusive.
+            if let Some(prefer) = &prefer {
+                let params = params![
+                    org,
+                    labels,
+                    runner.runner_id,
+                    lease.lease_id,
+                    expires_at,
+                    now,
+                    prefer
+                ];
+                let preferred = tx
+                    .query_row(
+                        "UPDATE jobs SET state = 'assigned', runner_id = ?3, lease_id = ?4,
+                             lease_expires_at = ?5, assigned_at = ?6, cancel_reported = 0
+                         WHERE id = ?7 AND org_id = ?1 AND state = 'queued'
+                           AND NOT EXISTS (
+                               SELECT 1 FROM json_each(jobs.labels) l
+                               WHERE l.value NOT IN (SELECT value FROM json_each(?2)))
+                         RETURNING id, pipeline, source, labels, variables, created_at,
+                                   enqueued_at",
+                        params,
+                        row,
+                    )
+                    .optional()?;
+                if preferred.is_some() {
+                    return Ok(preferred);
+                }
+            }
             let claimed = tx
                 .query_row(
                     "UPDATE jobs SET state = 'assigned', runner_id = ?3, lease_id = ?4,
@@ -902,30 +959,11 @@ impl Store for SqliteStore {
                            AND NOT EXISTS (
                                SELECT 1 FROM json_each(j.labels) l
                                WHERE l.value NOT IN (SELECT value FROM json_each(?2)))
+                           AND j.id NOT IN (SELECT value FROM json_each(?7))
                          ORDER BY j.seq LIMIT 1)
                      RETURNING id, pipeline, source, labels, variables, created_at, enqueued_at",
-                    params![
-                        org,
-                        labels,
-                        runner.runner_id,
-                        lease.lease_id,
-                        lease.expires_at.unix_millis(),
-                        lease.now.unix_millis()
-                    ],
-                    |r| {
-                        Ok(Claimed {
-                            assignment: JobAssignment {
-                                job_id: r.get::<_, String>(0)?.into(),
-                                lease_id: lease.lease_id.as_str().into(),
-                                lease_expires_at: lease.expires_at,
-                                spec: spec(r, 1, 2)?,
-                                labels: from_json(r, 3)?,
-                                variables: from_json(r, 4)?,
-                                created_at: ts(r, 5)?,
-                            },
-                            enqueued_at: ts(r, 6)?,
-                        })
-                    },
+                    params,
+                    row,
                 )
                 .optional()?;
             Ok(claimed)
@@ -1612,12 +1650,71 @@ mod tests {
                     now: at(2),
                     expires_at: at(i64::MAX / 2),
                 },
+                Some(job_id.to_owned()),
+                Vec::new(),
             )
             .await
             .expect("claim")
             .expect("a queued job");
         assert_eq!(claimed.assignment.job_id.as_str(), job_id);
         lease_id
+    }
+
+    #[tokio::test]
+    async fn a_claim_takes_the_job_it_was_woken_for_else_the_oldest_free_one_it_can() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let org = org(&store).await;
+        for (job, labels) in [("j_1", &[][..]), ("j_2", &["gpu"][..]), ("j_3", &[][..])] {
+            let job = NewJob {
+                job_id: job.to_owned(),
+                spec: JobSpec::Inline {
+                    pipeline: PIPELINE.to_owned(),
+                },
+                labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+                variables: BTreeMap::new(),
+                now: at(1),
+            };
+            store.submit_job(org.id, job).await.expect("submit");
+        }
+        let claim = |prefer: Option<&str>, skip: &[&str]| {
+            let store = store.clone();
+            let prefer = prefer.map(str::to_owned);
+            let skip: Vec<String> = skip.iter().map(|s| (*s).to_owned()).collect();
+            async move {
+                store
+                    .claim_job(
+                        org.id,
+                        RunnerRecord {
+                            runner_id: "r_1".into(),
+                            labels: Vec::new(),
+                        },
+                        NewLease {
+                            lease_id: format!("l_{}", rand::random::<u32>()),
+                            now: at(2),
+                            expires_at: at(i64::MAX / 2),
+                        },
+                        prefer,
+                        skip,
+                    )
+                    .await
+                    .expect("claim")
+                    .map(|c| c.assignment.job_id.to_string())
+            }
+        };
+        assert_eq!(
+            claim(Some("j_3"), &["j_3"]).await.as_deref(),
+            Some("j_3"),
+            "the job woken for, though reserved (for this very acquire)"
+        );
+        assert_eq!(
+            claim(None, &["j_1"]).await,
+            None,
+            "j_1 is reserved, j_2 needs a label"
+        );
+        // One the runner cannot take, or one gone: the oldest free one it can.
+        assert_eq!(claim(Some("j_2"), &[]).await.as_deref(), Some("j_1"));
+        assert_eq!(claim(Some("j_3"), &[]).await, None, "j_2 needs a label");
     }
 
     async fn append(store: &SqliteStore, org: OrgId, job: &str, offset: u64, data: &[u8]) -> u64 {
