@@ -85,6 +85,21 @@ struct Inner {
     retry: crate::RetryPolicy,
     last_success: Mutex<Option<Instant>>,
     retries: AtomicU64,
+    /// Whether the hub answers, for all clones: an outage is said once when it begins and once
+    /// when it ends.
+    outage: Mutex<Reachability>,
+}
+
+/// Whether the hub answers.
+#[derive(Debug, Clone, Copy, Default)]
+enum Reachability {
+    #[default]
+    Answers,
+    /// One attempt found it unreachable at `since`: a blip (a connection the hub closed just
+    /// as it was reused) until a second one in a row makes it an outage.
+    Failing { since: Instant },
+    /// An outage, said.
+    Down { since: Instant },
 }
 
 impl fmt::Debug for HubClient {
@@ -156,6 +171,7 @@ impl HubClient {
                 retry: config.retry,
                 last_success: Mutex::new(None),
                 retries: AtomicU64::new(0),
+                outage: Mutex::new(Reachability::Answers),
             }),
         })
     }
@@ -517,9 +533,17 @@ impl HubClient {
         loop {
             budget.attempt();
             let failure = match attempt().await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.hub_answered();
+                    return Ok(value);
+                }
                 Err(failure) => failure,
             };
+            if failure.unreachable() {
+                self.hub_unreachable(&failure.error);
+            } else {
+                self.hub_answered();
+            }
             let may_retry = failure.retryable && (call.idempotent || !failure.sent);
             let delay = if may_retry {
                 budget.next_delay(failure.retry_after)
@@ -533,6 +557,35 @@ impl HubClient {
             self.inner.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// An attempt found the hub unreachable: the second in a row begins an outage, and says so
+    /// with its cause.
+    fn hub_unreachable(&self, error: &ClientError) {
+        let mut state = self.inner.outage.lock().unwrap_or_else(|p| p.into_inner());
+        *state = match *state {
+            Reachability::Answers => Reachability::Failing {
+                since: Instant::now(),
+            },
+            Reachability::Failing { since } => {
+                tracing::warn!(hub = %self.inner.base, %error, "the hub is unreachable; retrying until it answers");
+                Reachability::Down { since }
+            }
+            down @ Reachability::Down { .. } => down,
+        };
+    }
+
+    /// The hub answered (whatever it said): the end of an outage says so.
+    fn hub_answered(&self) {
+        let mut state = self.inner.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Reachability::Down { since } = *state {
+            tracing::warn!(
+                hub = %self.inner.base,
+                after = %outpost_time::format(since.elapsed()),
+                "the hub answers again"
+            );
+        }
+        *state = Reachability::Answers;
     }
 
     fn request(&self, call: &Call) -> Result<Request<Full<Bytes>>, Failure> {
@@ -742,6 +795,20 @@ struct Failure {
     sent: bool,
     retryable: bool,
     retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// Whether the hub did not answer at all: no connection, a broken one, no answer in
+    /// time, or a proxy saying it cannot reach the hub (502, 504).
+    fn unreachable(&self) -> bool {
+        match &self.error {
+            ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Api { status, .. } => {
+                *status == StatusCode::BAD_GATEWAY || *status == StatusCode::GATEWAY_TIMEOUT
+            }
+            _ => false,
+        }
+    }
 }
 
 fn transport(call: &Call, err: legacy::Error) -> Failure {

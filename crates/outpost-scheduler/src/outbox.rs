@@ -365,17 +365,21 @@ impl Worker {
                     Ok(()) => Attempt::Done,
                     Err(e) => classify(e),
                 },
-                Item::Complete(req) => match self.client.complete(&self.job_id, req).await {
-                    Ok(Completion::Done(resp)) => {
-                        tracing::info!(job_id = %self.job_id, state = %resp.state, "completion acknowledged");
-                        Attempt::Done
+                Item::Complete(req) => {
+                    self.registry.completion_sent(&self.job_id);
+                    match self.client.complete(&self.job_id, req).await {
+                        Ok(Completion::Done(resp)) => {
+                            tracing::info!(job_id = %self.job_id, state = %resp.state, "completion acknowledged");
+                            self.registry.completion_delivered(&self.job_id);
+                            Attempt::Done
+                        }
+                        Ok(Completion::LogIncomplete { committed }) => Attempt::Retry(format!(
+                            "the hub holds {committed} of {} log bytes",
+                            req.log_bytes
+                        )),
+                        Err(e) => classify(e),
                     }
-                    Ok(Completion::LogIncomplete { committed }) => Attempt::Retry(format!(
-                        "the hub holds {committed} of {} log bytes",
-                        req.log_bytes
-                    )),
-                    Err(e) => classify(e),
-                },
+                }
             };
             let what = match &entry.item {
                 Item::Step(u) => format!("step {} update ({})", u.index, u.state),

@@ -28,6 +28,11 @@ pub(crate) struct Entry {
     pub cancel: CancellationToken,
     lost: AtomicBool,
     cancel_requested: AtomicBool,
+    /// Its completion went to the hub: a lease the hub calls lost is no news any more (the
+    /// completion's own answer says how the job ended).
+    completing: AtomicBool,
+    /// The hub acknowledged its completion: its lease is not renewed any more.
+    delivered: AtomicBool,
     /// Whether the backend runs the job (set between the start and the end of its steps).
     running: AtomicBool,
     /// The spooled and committed lengths of the job's log, once it is open.
@@ -129,6 +134,8 @@ impl JobRegistry {
                 cancel: parent.child_token(),
                 lost: AtomicBool::new(false),
                 cancel_requested: AtomicBool::new(false),
+                completing: AtomicBool::new(false),
+                delivered: AtomicBool::new(false),
                 running: AtomicBool::new(false),
                 log: Mutex::new(None),
             });
@@ -172,6 +179,20 @@ impl JobRegistry {
     pub(crate) fn set_running(&self, entry: &Entry, running: bool) {
         if entry.running.swap(running, Ordering::SeqCst) != running {
             self.recount();
+        }
+    }
+
+    /// The job's completion is being sent to the hub.
+    pub(crate) fn completion_sent(&self, job_id: &JobId) {
+        if let Some(entry) = self.lock().get(job_id) {
+            entry.completing.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The hub acknowledged the job's completion: its lease ended with it.
+    pub(crate) fn completion_delivered(&self, job_id: &JobId) {
+        if let Some(entry) = self.lock().get(job_id) {
+            entry.delivered.store(true, Ordering::SeqCst);
         }
     }
 
@@ -242,12 +263,13 @@ impl JobRegistry {
         self.inner.leases_added.subscribe()
     }
 
-    /// The leases to renew, sorted by job id: every job whose lease is not lost.
+    /// The leases to renew, sorted by job id: every job whose lease is not lost and whose
+    /// completion the hub has not acknowledged.
     pub(crate) fn leases(&self) -> Vec<HeldLease> {
         let mut held: Vec<HeldLease> = self
             .lock()
             .values()
-            .filter(|e| !e.is_lost())
+            .filter(|e| !e.is_lost() && !e.delivered.load(Ordering::SeqCst))
             .map(|e| HeldLease {
                 job_id: e.job_id.clone(),
                 lease_id: e.lease_id.clone(),
@@ -266,7 +288,10 @@ impl JobRegistry {
                 continue;
             };
             if status.lease_lost {
-                if !entry.is_lost() {
+                if entry.completing.load(Ordering::SeqCst) {
+                    // The completion ended the lease (or its answer will say what did).
+                    tracing::debug!(job_id = %status.job_id, "lease ended with the job's completion");
+                } else if !entry.is_lost() {
                     tracing::warn!(job_id = %status.job_id, "the hub says the job's lease is lost; stopping the job");
                     entry.mark_lost();
                     news = true;
@@ -286,5 +311,48 @@ impl JobRegistry {
 impl LiveJobs for JobRegistry {
     fn is_live(&self, job_id: &str) -> bool {
         self.lock().contains_key(job_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_protocol::LeaseStatus;
+
+    use super::*;
+
+    fn lost(job_id: &JobId) -> HeartbeatResponse {
+        HeartbeatResponse {
+            jobs: vec![LeaseStatus {
+                job_id: job_id.clone(),
+                lease_lost: true,
+                lease_expires_at: None,
+                cancel_requested: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_lease_that_ends_with_its_completion_is_not_lost_news() {
+        let registry = JobRegistry::new(Gauge::default());
+        let parent = CancellationToken::new();
+        let (done, running): (JobId, JobId) = ("j_done".into(), "j_running".into());
+        let entry = registry
+            .register(&done, &"l_1".into(), &parent)
+            .expect("registered");
+        let other = registry
+            .register(&running, &"l_2".into(), &parent)
+            .expect("registered");
+
+        registry.completion_sent(&done);
+        assert!(!registry.apply(&lost(&done)), "no news: the completion ended it");
+        assert!(!entry.is_lost() && !entry.cancel.is_cancelled());
+        assert_eq!(registry.leases().len(), 2, "renewed until the hub acknowledges");
+        registry.completion_delivered(&done);
+        let leases: Vec<_> = registry.leases().into_iter().map(|l| l.job_id).collect();
+        assert_eq!(leases, [running.clone()]);
+
+        // A job still running whose lease is lost stops.
+        assert!(registry.apply(&lost(&running)));
+        assert!(other.is_lost() && other.cancel.is_cancelled());
     }
 }
