@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(registry.leases().len(), 2, "renewed until the hub acknowledges");
         registry.completion_delivered(&done);
         let leases: Vec<_> = registry.leases().into_iter().map(|l| l.job_id).collect();
-        assert_eq!(leases, [running.clone()]);
+        assert_eq!(leases, std::slice::from_ref(&running));
 
         // A job still running whose lease is lost stops.
         assert!(registry.apply(&lost(&running)));
