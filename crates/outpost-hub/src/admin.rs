@@ -12,23 +12,31 @@ use crate::config::HubConfig;
 use crate::secret::{self, ORG_KEY_PREFIX, RUNNER_TOKEN_PREFIX, new_id, new_secret};
 use crate::store::{Org, SqliteStore, Store, StoreError};
 
-/// Longest organization name.
-const MAX_ORG_NAME: usize = 64;
+/// Longest organization name: an RFC 1123 label.
+const MAX_ORG_NAME: usize = 63;
 
-/// Checks an organization name: 1 to 64 of `A-Z a-z 0-9 . _ -` (it appears in URL paths).
+/// Checks the name of a new organization: a lowercase RFC 1123 label, 1 to 63 of `a-z`, `0-9`
+/// and `-`, not starting or ending with `-` (it appears in URL paths, file names and shell
+/// commands: no `.`, `..` or `-rf`, and no two orgs told apart by case). Organizations created
+/// under the older rule (letters of either case, digits, `.`, `_`, `-`) keep their names:
+/// lookups take any name.
 pub(crate) fn check_org_name(name: &str) -> Result<(), HubError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_ORG_NAME
         && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
     if ok {
         Ok(())
     } else {
         Err(HubError::Invalid {
             what: "organization name",
             message: format!(
-                "{name:?}: use 1 to {MAX_ORG_NAME} letters, digits, dots, dashes or underscores"
+                "{:?}: use 1 to {MAX_ORG_NAME} lowercase letters, digits and dashes, starting and \
+                 ending with a letter or digit",
+                name.chars().take(MAX_ORG_NAME + 1).collect::<String>()
             ),
         })
     }

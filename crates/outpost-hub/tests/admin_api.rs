@@ -484,3 +484,61 @@ async fn tls_serves_http1_and_http2() {
         assert_eq!(&response[..], b"ok");
     }
 }
+
+/// An organization named under the rule before lowercase RFC 1123 labels (here written into the
+/// store directly, as an older hub did) keeps working: its key, its tokens, its runners, its jobs.
+#[tokio::test]
+async fn an_organization_named_under_the_older_rule_keeps_working() {
+    use outpost_hub::store::{SqliteStore, Store};
+
+    let hub = TestHub::start(|_| {}).await;
+    let db = hub.db();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+        .await
+        .expect("task")
+        .expect("open the store");
+    let api_key = "opk_legacy_key_of_an_older_hub";
+    let hash: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(api_key.as_bytes()).into()
+    };
+    store
+        .create_org(
+            "Legacy.Org_1".into(),
+            hash,
+            outpost_protocol::Timestamp::now(),
+        )
+        .await
+        .expect("an org under the older rule");
+    let org = hub.api(api_key);
+    let token: outpost_protocol::CreateRunnerTokenResponse = org
+        .post_json(
+            &paths::runner_tokens("Legacy.Org_1"),
+            &serde_json::json!({"description": "old"}),
+        )
+        .await
+        .expect_status(StatusCode::CREATED)
+        .json();
+    let legacy = common::TestOrg {
+        name: "Legacy.Org_1".into(),
+        api: org,
+        api_key: api_key.into(),
+        token_id: token.id,
+        runner_api: hub.api(&token.token),
+        runner_token: token.token,
+    };
+    let runner = legacy.register("r", &[]).await;
+    let job = legacy.submit(&[]).await;
+    assert_eq!(
+        legacy
+            .acquire(&runner, 0)
+            .await
+            .map(|j| j.job_id.into_string()),
+        Some(job)
+    );
+    // The same name is still refused for a new organization.
+    hub.admin()
+        .post_json(paths::ORGS, &serde_json::json!({"name": "Legacy.Org_2"}))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Unprocessable);
+}

@@ -22,6 +22,9 @@ pub const API_VERSION: &str = "v1";
 pub const API_PREFIX: &str = "/api/v1";
 /// Largest body of one log append, in bytes (DESIGN.md §3).
 pub const MAX_LOG_CHUNK: usize = 1024 * 1024;
+/// The largest integer the protocol carries, 2^63−1 (what a signed 64-bit column holds): a byte
+/// offset or count above it is refused with `400`.
+pub const MAX_INTEGER: u64 = i64::MAX as u64;
 /// The string a masked secret is replaced with in logs.
 pub const MASK: &str = "[MASKED]";
 

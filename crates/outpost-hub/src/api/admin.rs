@@ -1,6 +1,7 @@
 //! The admin side of the API: organizations, runner tokens, runners, and jobs (submit, list,
 //! details, log, cancel). Authenticated by the admin key or the organization's API key.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -140,6 +141,70 @@ fn validate_pipeline(text: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The most variables a job has.
+const MAX_VARIABLES: usize = 256;
+/// The longest variable name, in bytes.
+const MAX_VARIABLE_NAME: usize = 256;
+/// The longest variable value, in bytes (an environment string far below the kernel's 128 KiB).
+const MAX_VARIABLE_VALUE: usize = 32 * 1024;
+/// The most bytes of names and values together (well inside what `exec` takes).
+const MAX_VARIABLES_BYTES: usize = 256 * 1024;
+
+/// Checks a job's variables: each becomes an environment variable of every step, so what no
+/// runner could set (a NUL, a `=` or nothing as the name, a value `exec` refuses) is refused
+/// here, at submission, instead of failing the job later as `infrastructure`.
+fn check_variables(variables: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let bad = |name: &str, why: String| {
+        unprocessable(format!(
+            "invalid variable {:?}: {why}",
+            name.chars().take(64).collect::<String>()
+        ))
+    };
+    if variables.len() > MAX_VARIABLES {
+        return Err(unprocessable(format!(
+            "{} variables; at most {MAX_VARIABLES}",
+            variables.len()
+        )));
+    }
+    let mut total = 0;
+    for (name, value) in variables {
+        if name.is_empty() {
+            return Err(unprocessable("invalid variable name: it is empty"));
+        }
+        if name.contains('\0') || name.contains('=') {
+            return Err(bad(name, "a name has no NUL and no `=`".to_owned()));
+        }
+        if name.len() > MAX_VARIABLE_NAME {
+            return Err(bad(
+                name,
+                format!(
+                    "the name has {} bytes; at most {MAX_VARIABLE_NAME}",
+                    name.len()
+                ),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(bad(name, "the value has a NUL byte".to_owned()));
+        }
+        if value.len() > MAX_VARIABLE_VALUE {
+            return Err(bad(
+                name,
+                format!(
+                    "the value has {} bytes; at most {MAX_VARIABLE_VALUE}",
+                    value.len()
+                ),
+            ));
+        }
+        total += name.len() + value.len();
+    }
+    if total > MAX_VARIABLES_BYTES {
+        return Err(unprocessable(format!(
+            "the variables have {total} bytes in all; at most {MAX_VARIABLES_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/orgs/{org}/jobs` → `201 {job_id}`
 pub(crate) async fn submit_job(
     State(state): State<AppState>,
@@ -175,9 +240,7 @@ pub(crate) async fn submit_job(
             }
         }
     }
-    if let Some(name) = variables.keys().find(|k| k.is_empty() || k.contains('=')) {
-        return Err(unprocessable(format!("invalid variable name {name:?}")));
-    }
+    check_variables(&variables)?;
     let labels = clean_labels("labels", labels)?;
     let job_id = new_id("j_");
     let job = NewJob {

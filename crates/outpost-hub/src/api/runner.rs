@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use outpost_protocol::{
     AcquireRequest, AcquireResponse, CompleteRequest, CompleteResponse, Failure, HeartbeatRequest,
-    HeartbeatResponse, LogAppendResponse, RegisterRequest, RegisterResponse, StepInfo, StepUpdate,
-    Timestamp, text,
+    HeartbeatResponse, LogAppendResponse, MAX_INTEGER, RegisterRequest, RegisterResponse, StepInfo,
+    StepUpdate, Timestamp, text,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -66,6 +66,17 @@ pub(crate) fn clean_labels(field: &str, labels: Vec<String>) -> Result<Vec<Strin
         }
     }
     Ok(out)
+}
+
+/// Checks that an integer a client sent (`field`) is within the protocol's range.
+pub(crate) fn check_integer(field: &str, value: u64) -> Result<(), ApiError> {
+    if value > MAX_INTEGER {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` {value} is beyond the largest integer the protocol carries \
+             ({MAX_INTEGER}, 2^63-1)"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a failure message a runner sent (`field`).
@@ -281,6 +292,7 @@ pub(crate) async fn append_log(
     ApiQuery(query): ApiQuery<LogQuery>,
     LogBody(body): LogBody,
 ) -> Result<Json<LogAppendResponse>, ApiError> {
+    check_integer("offset", query.offset)?;
     let appended = state
         .store
         .append_log(
@@ -311,6 +323,9 @@ pub(crate) async fn upsert_step(
     ApiJson(step): ApiJson<StepUpdate>,
 ) -> Result<Json<StepInfo>, ApiError> {
     text::check_name(&step.name).map_err(|problem| invalid("name", problem))?;
+    if let Some(offset) = step.log_offset {
+        check_integer("log_offset", offset)?;
+    }
     check_failure("failure.message", step.failure.as_ref())?;
     state
         .store
@@ -333,6 +348,7 @@ pub(crate) async fn complete(
     ApiJson(request): ApiJson<CompleteRequest>,
 ) -> Result<Json<CompleteResponse>, ApiError> {
     check_failure("failure.message", request.failure.as_ref())?;
+    check_integer("log_bytes", request.log_bytes)?;
     let completed = state
         .store
         .complete_job(org.id, job_id.clone(), request, Timestamp::now())
