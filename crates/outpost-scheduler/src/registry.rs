@@ -344,9 +344,16 @@ mod tests {
             .expect("registered");
 
         registry.completion_sent(&done);
-        assert!(!registry.apply(&lost(&done)), "no news: the completion ended it");
+        assert!(
+            !registry.apply(&lost(&done)),
+            "no news: the completion ended it"
+        );
         assert!(!entry.is_lost() && !entry.cancel.is_cancelled());
-        assert_eq!(registry.leases().len(), 2, "renewed until the hub acknowledges");
+        assert_eq!(
+            registry.leases().len(),
+            2,
+            "renewed until the hub acknowledges"
+        );
         registry.completion_delivered(&done);
         let leases: Vec<_> = registry.leases().into_iter().map(|l| l.job_id).collect();
         assert_eq!(leases, std::slice::from_ref(&running));
