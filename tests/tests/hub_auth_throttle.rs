@@ -67,9 +67,7 @@ async fn wrong_credentials_from_one_address_are_throttled() {
         "401s, then 429s: {statuses:?}"
     );
     assert!(
-        throttled
-            .iter()
-            .all(|(_, after)| after.is_some_and(|s| s >= 1)),
+        throttled.iter().all(|(_, after)| after.is_some_and(|s| s >= 1)),
         "each 429 says when to come back: {statuses:?}"
     );
     // While the address is throttled, the hub does not check even a right key from it...
