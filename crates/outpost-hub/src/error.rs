@@ -54,8 +54,6 @@ pub enum HubError {
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
-    /// Seconds for a `Retry-After` header.
-    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -66,7 +64,6 @@ impl ApiError {
         Self {
             status,
             body: ErrorBody::new(code, message),
-            retry_after: None,
         }
     }
 
@@ -75,14 +72,7 @@ impl ApiError {
         Self {
             status,
             body: ErrorBody::new(code, message),
-            retry_after: None,
         }
-    }
-
-    /// Adds a `Retry-After` header of `seconds`.
-    pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
-        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -110,13 +100,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body)).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.into());
-        }
-        response
+        (self.status, axum::Json(self.body)).into_response()
     }
 }
 

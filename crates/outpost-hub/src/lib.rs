@@ -28,7 +28,6 @@ mod metrics;
 mod secret;
 mod server;
 pub mod store;
-mod throttle;
 mod wait;
 
 use std::io::Write;
@@ -131,7 +130,6 @@ impl Hub {
             metrics,
             stopping: CancellationToken::new(),
             revocations: tokio::sync::watch::channel(0).0,
-            auth_throttle: throttle::AuthThrottle::new(),
         });
         Ok(Self {
             shared,

@@ -78,9 +78,6 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The body is well-formed but its content is invalid, e.g. a bad pipeline (422).
     Unprocessable,
-    /// Too many wrong credentials from this address or with this key prefix (429); come back
-    /// after `Retry-After` seconds.
-    RateLimited,
     /// The hub failed (500); the message says what, without leaking internals.
     Internal,
     /// The hub cannot serve right now (503); retry.
@@ -106,7 +103,6 @@ impl ErrorCode {
             | Self::JobEnded => 409,
             Self::PayloadTooLarge => 413,
             Self::Unprocessable => 422,
-            Self::RateLimited => 429,
             Self::Internal | Self::Other => 500,
             Self::Unavailable => 503,
         }
@@ -151,7 +147,6 @@ impl ErrorCode {
             Self::JobEnded => "job_ended",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unprocessable => "unprocessable",
-            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Other => "other",
