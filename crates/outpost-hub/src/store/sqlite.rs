@@ -297,6 +297,9 @@ impl Inner {
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // Every statement of the store is prepared once per connection and kept (there are fewer
+    // than this many).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -574,30 +577,30 @@ fn expire_job(
         let message = format!(
             "cancelled; runner {runner} stopped renewing its lease before confirming the cancel"
         );
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = 'cancelled', lease_expires_at = NULL, finished_at = ?2,
                  failure_class = 'cancelled', failure_message = ?3
              WHERE seq = ?1",
-            params![head.seq, now_ms, message],
-        )?;
+        )?
+        .execute(params![head.seq, now_ms, message])?;
         JobState::Cancelled
     } else if head.state == JobState::Assigned {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = 'queued', runner_id = NULL, lease_id = NULL,
                  lease_expires_at = NULL, assigned_at = NULL, enqueued_at = ?2,
                  cancel_reported = 0
              WHERE seq = ?1",
-            params![head.seq, now_ms],
-        )?;
+        )?
+        .execute(params![head.seq, now_ms])?;
         JobState::Queued
     } else {
         let message = format!("runner {runner} stopped renewing its lease; the job was lost");
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = 'lost', lease_expires_at = NULL, finished_at = ?2,
                  failure_class = 'runner_lost', failure_message = ?3
              WHERE seq = ?1",
-            params![head.seq, now_ms, message],
-        )?;
+        )?
+        .execute(params![head.seq, now_ms, message])?;
         JobState::Lost
     };
     Ok(ExpiredLease {
@@ -616,7 +619,7 @@ fn is_live(state: JobState) -> bool {
 impl Store for SqliteStore {
     async fn check_health(&self) -> Result<(), StoreError> {
         self.read("health check", |tx| {
-            let one: i64 = tx.query_row("SELECT 1", [], |r| r.get(0))?;
+            let one: i64 = tx.prepare_cached("SELECT 1")?.query_row([], |r| r.get(0))?;
             Ok(one)
         })
         .await
@@ -641,10 +644,10 @@ impl Store for SqliteStore {
                 }
                 .into());
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO orgs (name, api_key_hash, created_at) VALUES (?1, ?2, ?3)",
-                params![name, &api_key_hash[..], now.unix_millis()],
-            )?;
+            )?
+            .execute(params![name, &api_key_hash[..], now.unix_millis()])?;
             Ok(Org {
                 id: tx.last_insert_rowid(),
                 name,
@@ -713,11 +716,11 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.write("create runner token", move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO runner_tokens (id, org_id, description, token_hash, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, org, description, &hash[..], now.unix_millis()],
-            )?;
+            )?
+            .execute(params![id, org, description, &hash[..], now.unix_millis()])?;
             Ok(())
         })
         .await
@@ -725,7 +728,7 @@ impl Store for SqliteStore {
 
     async fn list_runner_tokens(&self, org: OrgId) -> Result<Vec<RunnerTokenInfo>, StoreError> {
         self.read("list runner tokens", move |tx| {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT id, description, created_at, revoked_at FROM runner_tokens
                  WHERE org_id = ?1 ORDER BY created_at, id",
             )?;
@@ -763,11 +766,11 @@ impl Store for SqliteStore {
                 }
                 .into());
             }
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE runner_tokens SET revoked_at = ?3
                  WHERE id = ?1 AND org_id = ?2 AND revoked_at IS NULL",
-                params![id, org, now.unix_millis()],
-            )?;
+            )?
+            .execute(params![id, org, now.unix_millis()])?;
             Ok(())
         })
         .await
@@ -782,8 +785,9 @@ impl Store for SqliteStore {
     ) -> Result<String, StoreError> {
         self.write("register runner", move |tx| {
             let labels = to_json(&request.labels)?;
-            let id: String = tx.query_row(
-                "INSERT INTO runners (id, org_id, name, labels, executor, version, capacity,
+            let id: String = tx
+                .prepare_cached(
+                    "INSERT INTO runners (id, org_id, name, labels, executor, version, capacity,
                                       registered_at, last_seen_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
                  ON CONFLICT (org_id, name) DO UPDATE SET
@@ -791,18 +795,20 @@ impl Store for SqliteStore {
                      version = excluded.version, capacity = excluded.capacity,
                      last_seen_at = excluded.last_seen_at
                  RETURNING id",
-                params![
-                    new_id,
-                    org,
-                    request.name,
-                    labels,
-                    request.executor,
-                    request.version,
-                    request.capacity,
-                    now.unix_millis()
-                ],
-                |r| r.get(0),
-            )?;
+                )?
+                .query_row(
+                    params![
+                        new_id,
+                        org,
+                        request.name,
+                        labels,
+                        request.executor,
+                        request.version,
+                        request.capacity,
+                        now.unix_millis()
+                    ],
+                    |r| r.get(0),
+                )?;
             Ok(id)
         })
         .await
@@ -837,7 +843,7 @@ impl Store for SqliteStore {
 
     async fn list_runners(&self, org: OrgId) -> Result<Vec<RunnerInfo>, StoreError> {
         self.read("list runners", move |tx| {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT r.id, r.name, r.labels, r.executor, r.version, r.last_seen_at,
                         (SELECT COUNT(*) FROM jobs j
                          WHERE j.runner_id = r.id AND j.state IN ('assigned', 'running'))
@@ -863,20 +869,20 @@ impl Store for SqliteStore {
         self.write("submit job", move |tx| {
             let source = job.spec.source().map(to_json).transpose()?;
             let now = job.now.unix_millis();
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO jobs (id, org_id, state, pipeline, source, labels, variables,
                                    created_at, enqueued_at)
                  VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![
-                    job.job_id,
-                    org,
-                    job.spec.pipeline(),
-                    source,
-                    to_json(&job.labels)?,
-                    to_json(&job.variables)?,
-                    now
-                ],
-            )?;
+            )?
+            .execute(params![
+                job.job_id,
+                org,
+                job.spec.pipeline(),
+                source,
+                to_json(&job.labels)?,
+                to_json(&job.variables)?,
+                now
+            ])?;
             Ok(())
         })
         .await
@@ -980,10 +986,11 @@ impl Store for SqliteStore {
         expires_at: Timestamp,
     ) -> Result<HeartbeatOutcome, StoreError> {
         self.write("heartbeat", move |tx| {
-            let seen = tx.execute(
-                "UPDATE runners SET last_seen_at = ?3 WHERE id = ?1 AND org_id = ?2",
-                params![runner_id, org, now.unix_millis()],
-            )?;
+            let seen = tx
+                .prepare_cached(
+                    "UPDATE runners SET last_seen_at = ?3 WHERE id = ?1 AND org_id = ?2",
+                )?
+                .execute(params![runner_id, org, now.unix_millis()])?;
             if seen == 0 {
                 return Err(StoreError::NotFound {
                     what: "runner",
@@ -1034,12 +1041,12 @@ impl Store for SqliteStore {
                     });
                     continue;
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE jobs SET lease_expires_at = ?2,
                          cancel_reported = cancel_reported OR cancel_requested
                      WHERE seq = ?1",
-                    params![head.seq, expires_at.unix_millis()],
-                )?;
+                )?
+                .execute(params![head.seq, expires_at.unix_millis()])?;
                 if head.cancel_requested && !head.cancel_reported {
                     outcome.news = true;
                 }
@@ -1106,20 +1113,21 @@ impl Store for SqliteStore {
             // Durable in the file first, counted in the database after: see `LogFiles`.
             lock.append(committed, fresh)?;
             inner.write(OP, |tx| {
-                let updated = tx.execute(
-                    "UPDATE jobs SET log_bytes = ?3,
+                let updated = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET log_bytes = ?3,
                          state = CASE WHEN state = 'assigned' THEN 'running' ELSE state END,
                          started_at = CASE WHEN state = 'assigned' THEN ?4 ELSE started_at END
                      WHERE seq = ?1 AND log_bytes = ?2 AND state IN ('assigned', 'running')
                          AND lease_id = ?5",
-                    params![
+                    )?
+                    .execute(params![
                         head.seq,
                         i64_of(committed),
                         i64_of(committed + added),
                         now.unix_millis(),
                         lease_id
-                    ],
-                )?;
+                    ])?;
                 if updated == 1 {
                     return Ok(());
                 }
@@ -1218,7 +1226,7 @@ impl Store for SqliteStore {
                 Some(f) => (Some(f.class.as_str()), Some(f.message.as_str())),
                 None => (None, None),
             };
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO job_steps (job_seq, idx, name, state, exit_code, started_at,
                                         finished_at, failure_class, failure_message, log_offset)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -1227,26 +1235,26 @@ impl Store for SqliteStore {
                      started_at = excluded.started_at, finished_at = excluded.finished_at,
                      failure_class = excluded.failure_class,
                      failure_message = excluded.failure_message, log_offset = excluded.log_offset",
-                params![
-                    head.seq,
-                    step.index,
-                    step.name,
-                    step.state.as_str(),
-                    step.exit_code,
-                    step.started_at.map(Timestamp::unix_millis),
-                    step.finished_at.map(Timestamp::unix_millis),
-                    class,
-                    message,
-                    step.log_offset.map(i64_of)
-                ],
-            )?;
+            )?
+            .execute(params![
+                head.seq,
+                step.index,
+                step.name,
+                step.state.as_str(),
+                step.exit_code,
+                step.started_at.map(Timestamp::unix_millis),
+                step.finished_at.map(Timestamp::unix_millis),
+                class,
+                message,
+                step.log_offset.map(i64_of)
+            ])?;
             let started = head.state == JobState::Assigned;
             if started {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE jobs SET state = 'running', started_at = ?2
                      WHERE seq = ?1 AND state = 'assigned'",
-                    params![head.seq, now.unix_millis()],
-                )?;
+                )?
+                .execute(params![head.seq, now.unix_millis()])?;
             }
             Ok(started)
         })
@@ -1298,13 +1306,19 @@ impl Store for SqliteStore {
                 Some(f) => (Some(f.class.as_str()), Some(f.message.clone())),
                 None => (None, None),
             };
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE jobs SET state = ?2, failure_class = ?3, failure_message = ?4,
                      finished_at = ?5, started_at = COALESCE(started_at, ?5),
                      lease_expires_at = NULL
                  WHERE seq = ?1",
-                params![head.seq, wanted.as_str(), class, message, now.unix_millis()],
-            )?;
+            )?
+            .execute(params![
+                head.seq,
+                wanted.as_str(),
+                class,
+                message,
+                now.unix_millis()
+            ])?;
             Ok(Completed {
                 state: wanted,
                 newly: true,
@@ -1323,13 +1337,13 @@ impl Store for SqliteStore {
             let head = job_head(tx, org, &job_id)?;
             match head.state {
                 JobState::Queued => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE jobs SET state = 'cancelled', cancel_requested = 1,
                              finished_at = ?2, failure_class = 'cancelled',
                              failure_message = 'cancelled before a runner took it'
                          WHERE seq = ?1",
-                        params![head.seq, now.unix_millis()],
-                    )?;
+                    )?
+                    .execute(params![head.seq, now.unix_millis()])?;
                     Ok(CancelOutcome {
                         state: JobState::Cancelled,
                         cancel_requested: true,
@@ -1339,11 +1353,11 @@ impl Store for SqliteStore {
                 }
                 JobState::Assigned | JobState::Running => {
                     if !head.cancel_requested {
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE jobs SET cancel_requested = 1, cancel_reported = 0
                              WHERE seq = ?1",
-                            [head.seq],
-                        )?;
+                        )?
+                        .execute([head.seq])?;
                     }
                     Ok(CancelOutcome {
                         state: head.state,
@@ -1370,7 +1384,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<JobSummary>, StoreError> {
         self.read("list jobs", move |tx| {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT id, state, labels, created_at, finished_at FROM jobs
                  WHERE org_id = ?1 AND (?2 IS NULL OR state = ?2)
                  ORDER BY seq DESC LIMIT ?3",
@@ -1426,7 +1440,7 @@ impl Store for SqliteStore {
                 }
                 .into());
             };
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT idx, name, state, exit_code, started_at, finished_at, failure_class,
                         failure_message, log_offset
                  FROM job_steps WHERE job_seq = ?1 ORDER BY idx",
@@ -1454,7 +1468,7 @@ impl Store for SqliteStore {
     async fn expire_leases(&self, now: Timestamp) -> Result<Vec<ExpiredLease>, StoreError> {
         self.write("expire leases", move |tx| {
             let due: Vec<(i64, String)> = {
-                let mut stmt = tx.prepare(
+                let mut stmt = tx.prepare_cached(
                     "SELECT org_id, id FROM jobs
                      WHERE state IN ('assigned', 'running') AND lease_expires_at <= ?1
                      ORDER BY seq",
@@ -1474,11 +1488,11 @@ impl Store for SqliteStore {
 
     async fn next_lease_expiry(&self) -> Result<Option<Timestamp>, StoreError> {
         self.read("next lease expiry", |tx| {
-            let next: Option<i64> = tx.query_row(
-                "SELECT MIN(lease_expires_at) FROM jobs WHERE state IN ('assigned', 'running')",
-                [],
-                |r| r.get(0),
-            )?;
+            let next: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT MIN(lease_expires_at) FROM jobs WHERE state IN ('assigned', 'running')",
+                )?
+                .query_row([], |r| r.get(0))?;
             Ok(next.map(Timestamp::from_unix_millis))
         })
         .await
@@ -1486,12 +1500,13 @@ impl Store for SqliteStore {
 
     async fn extend_live_leases(&self, expires_at: Timestamp) -> Result<u64, StoreError> {
         self.write("extend leases", move |tx| {
-            let n = tx.execute(
-                "UPDATE jobs SET lease_expires_at = ?1
+            let n = tx
+                .prepare_cached(
+                    "UPDATE jobs SET lease_expires_at = ?1
                  WHERE state IN ('assigned', 'running')
                    AND (lease_expires_at IS NULL OR lease_expires_at < ?1)",
-                [expires_at.unix_millis()],
-            )?;
+                )?
+                .execute([expires_at.unix_millis()])?;
             Ok(n as u64)
         })
         .await
@@ -1499,7 +1514,7 @@ impl Store for SqliteStore {
 
     async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         self.read("count jobs", |tx| {
-            let mut stmt = tx.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let mut stmt = tx.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
             let rows = stmt.query_map([], |r| Ok((job_state(r, 0)?, u64_col(r, 1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -1515,7 +1530,7 @@ impl Store for SqliteStore {
         self.blocking(OP, move |inner| {
             let before = ended_before.unix_millis();
             let due: Vec<(i64, OrgId, String)> = inner.read(OP, |tx| {
-                let mut stmt = tx.prepare(
+                let mut stmt = tx.prepare_cached(
                     "SELECT seq, org_id, id FROM jobs
                      WHERE finished_at IS NOT NULL AND finished_at < ?1
                        AND state NOT IN ('queued', 'assigned', 'running')
@@ -1543,8 +1558,10 @@ impl Store for SqliteStore {
                         .optional()?
                         .is_some();
                     if still_due {
-                        tx.execute("DELETE FROM job_steps WHERE job_seq = ?1", [seq])?;
-                        tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
+                        tx.prepare_cached("DELETE FROM job_steps WHERE job_seq = ?1")?
+                            .execute([seq])?;
+                        tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
+                            .execute([seq])?;
                     }
                     Ok(still_due)
                 })?;
