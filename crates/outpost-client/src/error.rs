@@ -123,6 +123,7 @@ pub(crate) fn synthesize_body(status: StatusCode, raw: &[u8]) -> ErrorBody {
         404 => ErrorCode::NotFound,
         413 => ErrorCode::PayloadTooLarge,
         422 => ErrorCode::Unprocessable,
+        429 => ErrorCode::RateLimited,
         500 => ErrorCode::Internal,
         503 => ErrorCode::Unavailable,
         _ => ErrorCode::Other,

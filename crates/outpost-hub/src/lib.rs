@@ -28,6 +28,7 @@ mod metrics;
 mod secret;
 mod server;
 pub mod store;
+mod throttle;
 mod wait;
 
 use std::io::Write;
@@ -130,6 +131,7 @@ impl Hub {
             metrics,
             stopping: CancellationToken::new(),
             revocations: tokio::sync::watch::channel(0).0,
+            auth_throttle: throttle::AuthThrottle::new(),
         });
         Ok(Self {
             shared,

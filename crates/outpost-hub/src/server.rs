@@ -243,6 +243,10 @@ pub(crate) async fn run(listener: TcpListener, serving: Serving) -> Result<(), H
     Ok(())
 }
 
+/// The address a request came from, in its extensions (for throttling wrong credentials).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub std::net::SocketAddr);
+
 /// One accepted connection, holding its place under `max_connections` until it ends.
 struct Connection {
     router: Router,
@@ -268,8 +272,10 @@ impl Connection {
         });
         let router = self.router;
         let requests = Arc::clone(&activity);
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let peer = PeerAddr(self.peer);
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let busy = Busy::begin(&requests);
+            request.extensions_mut().insert(peer);
             let answer = router.clone().oneshot(request);
             async move {
                 let response = answer.await?;

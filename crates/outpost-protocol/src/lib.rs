@@ -78,6 +78,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The body is well-formed but its content is invalid, e.g. a bad pipeline (422).
     Unprocessable,
+    /// Too many wrong credentials from this address or with this key prefix (429); come back
+    /// after `Retry-After` seconds.
+    RateLimited,
     /// The hub failed (500); the message says what, without leaking internals.
     Internal,
     /// The hub cannot serve right now (503); retry.
@@ -103,6 +106,7 @@ impl ErrorCode {
             | Self::JobEnded => 409,
             Self::PayloadTooLarge => 413,
             Self::Unprocessable => 422,
+            Self::RateLimited => 429,
             Self::Internal | Self::Other => 500,
             Self::Unavailable => 503,
         }
@@ -147,6 +151,7 @@ impl ErrorCode {
             Self::JobEnded => "job_ended",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unprocessable => "unprocessable",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Other => "other",

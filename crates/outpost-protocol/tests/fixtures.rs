@@ -55,6 +55,13 @@ fn error_bodies() {
         ),
     );
     check(
+        "error_rate_limited",
+        ErrorBody::new(
+            ErrorCode::RateLimited,
+            "too many wrong credentials from this address; try again in 6 s",
+        ),
+    );
+    check(
         "error_job_ended",
         ErrorBody::new(
             ErrorCode::JobEnded,

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::error::ApiError;
 use crate::secret;
+use crate::server::PeerAddr;
 use crate::store::{Org, SecretHash};
+use crate::throttle::Presenter;
 
 /// A JSON body, at most `max_json_body_bytes`, parsed strictly (unknown fields refused).
 pub(crate) struct ApiJson<T>(pub T);
@@ -146,7 +148,8 @@ fn inner_text(text: &str) -> String {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<SecretHash, ApiError> {
+/// The secret of the `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing `authorization: Bearer <token>` header"))?;
@@ -162,7 +165,42 @@ fn bearer(headers: &HeaderMap) -> Result<SecretHash, ApiError> {
             "malformed authorization header: expected `Bearer <token>`",
         ));
     }
-    Ok(secret::hash(token))
+    Ok(token)
+}
+
+/// Checks a presented secret with `lookup`. A wrong one counts against its source address and
+/// key prefix, and is `401` (`wrong`), or `429` with `Retry-After` past a burst of them; a right
+/// one always passes.
+async fn authenticate<T, F, Fut>(
+    parts: &Parts,
+    state: &AppState,
+    wrong: &str,
+    lookup: F,
+) -> Result<(T, SecretHash), ApiError>
+where
+    F: FnOnce(SecretHash) -> Fut,
+    Fut: Future<Output = Result<Option<T>, ApiError>>,
+{
+    let secret = bearer(&parts.headers)?;
+    let hash = secret::hash(secret);
+    if let Some(found) = lookup(hash).await? {
+        return Ok((found, hash));
+    }
+    let addr = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+    match state.auth_throttle.failed(&Presenter::new(addr, secret)) {
+        None => Err(ApiError::unauthorized(wrong)),
+        Some(wait) => {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many wrong credentials from this address or with this key; try again \
+                     in {seconds} s"
+                ),
+            )
+            .retry_after(seconds))
+        }
+    }
 }
 
 /// A runner token that is valid now: its organization. Looked up on every call (no cache), so a
@@ -173,11 +211,12 @@ impl FromRequestParts<AppState> for RunnerAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash = bearer(&parts.headers)?;
-        match state.store.org_by_runner_token(hash).await? {
-            Some(org) => Ok(RunnerAuth(org, hash)),
-            None => Err(ApiError::unauthorized("unknown or revoked runner token")),
-        }
+        let wrong = "unknown or revoked runner token";
+        let (org, hash) = authenticate(parts, state, wrong, |hash| async move {
+            Ok(state.store.org_by_runner_token(hash).await?)
+        })
+        .await?;
+        Ok(RunnerAuth(org, hash))
     }
 }
 
@@ -191,14 +230,14 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash = bearer(&parts.headers)?;
-        if hash == state.admin_key_hash {
-            return Ok(AdminAuth::Admin);
-        }
-        match state.store.org_by_api_key(hash).await? {
-            Some(org) => Ok(AdminAuth::Org(org)),
-            None => Err(ApiError::unauthorized("unknown API key")),
-        }
+        let (auth, _) = authenticate(parts, state, "unknown API key", |hash| async move {
+            if hash == state.admin_key_hash {
+                return Ok(Some(AdminAuth::Admin));
+            }
+            Ok(state.store.org_by_api_key(hash).await?.map(AdminAuth::Org))
+        })
+        .await?;
+        Ok(auth)
     }
 }
 

@@ -24,6 +24,7 @@ use crate::config::HubConfig;
 use crate::error::ApiError;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::store::{ExpiredLease, OrgId, SecretHash, Store};
+use crate::throttle::AuthThrottle;
 use crate::wait::{Acquirers, Waitlist, Wake};
 
 /// Everything a handler reaches.
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub stopping: CancellationToken,
     /// Bumped on every runner-token revocation: held long-polls check their token again.
     pub revocations: watch::Sender<u64>,
+    /// Wrong credentials, per source address and key prefix.
+    pub auth_throttle: AuthThrottle,
 }
 
 pub(crate) type AppState = Arc<Shared>;
